@@ -1,0 +1,1 @@
+"""Data: tokenizer (tiktoken cl100k), corpus sources, and the grain pipeline."""

@@ -1,0 +1,6 @@
+"""The errors that mean "your input is wrong" (not a bug): CLIs print them without a traceback."""
+from openmoe2_jax.data.sources import CorpusError
+from openmoe2_jax.train.checkpoint import CheckpointError
+from openmoe2_jax.validation import ConfigError
+
+USER_ERRORS = (ConfigError, CorpusError, CheckpointError)

@@ -1,0 +1,1 @@
+"""Models: layers, routing, MoE and the transformer stack (flax.linen, logical axis names only)."""

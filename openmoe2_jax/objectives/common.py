@@ -1,0 +1,25 @@
+"""Pieces both objectives share: cross-entropy and the random-length padding mask."""
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(logits, targets):
+    """Per-position CE in float32. logits [b, s, v], targets [b, s] int -> [b, s]."""
+    logits = logits.astype(jnp.float32)
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def random_length_valid(rng, shape, prob: float, buckets):
+    """[b, s] bool: all True, except with probability `prob` the batch is cut to a random bucket length.
+
+    The shape never changes (one compiled program); the cut tokens become padding: they are neither
+    attended to nor scored (SCIENCE.md §1, random length).
+    """
+    batch, seq = shape
+    if prob == 0 or not buckets:
+        return jnp.ones(shape, bool)
+    r_cut, r_len = jax.random.split(rng)
+    lengths = jnp.asarray(tuple(buckets), jnp.int32)
+    length = jnp.where(jax.random.bernoulli(r_cut, prob),
+                       lengths[jax.random.randint(r_len, (), 0, len(buckets))], seq)
+    return jnp.broadcast_to(jnp.arange(seq) < length, (batch, seq))

@@ -1,0 +1,1 @@
+"""Training: optimizer, state, pure train/eval steps, checkpoints, and the loop."""

@@ -1,0 +1,79 @@
+"""Orbax checkpoints holding the train state (params, optimizer, step, RNG) and the grain iterator.
+
+Async saves, the newest `keep` kept. A checkpoint written by another model is refused before anything
+is restored (or compiled), with the first mismatching parameters named.
+"""
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is unusable or holds a different model."""
+
+
+def _handlers():
+    return dict(state=ocp.StandardCheckpointHandler(), data=grain.checkpoint.CheckpointHandler())
+
+
+class Checkpoints:
+    def __init__(self, directory: str, keep: int, async_save: bool):
+        directory = os.path.abspath(directory)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
+        if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
+        self.directory = directory
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self._mngr = ocp.CheckpointManager(directory, item_handlers=_handlers(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, step: int, state, data_iterator) -> None:
+        self._mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+            force=True)
+
+    def check_compatible(self, step: int, abstract_state) -> None:
+        """Raises CheckpointError if the saved state's tree, shapes or dtypes differ from ours."""
+        try:
+            saved = self._mngr.item_metadata(step)["state"]
+        except Exception as e:  # orbax raises several types for an unreadable checkpoint
+            raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
+        if saved is None:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} has no train state")
+        saved = getattr(saved, "tree", saved)
+        ours = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
+                for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        theirs = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
+                  for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+        problems = [f"{k}: missing from the checkpoint" for k in ours if k not in theirs]
+        problems += [f"{k}: in the checkpoint but not in this model" for k in theirs if k not in ours]
+        problems += [f"{k}: checkpoint has {theirs[k]}, this config builds {ours[k]}"
+                     for k in ours if k in theirs and theirs[k] != ours[k]]
+        if problems:
+            shown = "\n  ".join(problems[:8])
+            more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+            raise CheckpointError(
+                f"the checkpoint in {self.directory} (step {step}) was written by a different model or "
+                f"optimizer than this config builds:\n  {shown}{more}\nUse another --workdir, or the "
+                "config that wrote it. Nothing was changed.")
+
+    def restore(self, step: int, abstract_state, data_iterator):
+        """The state (placed with the shardings on `abstract_state`) and the iterator, restored in place."""
+        restored = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.close()

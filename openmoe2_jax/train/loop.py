@@ -1,0 +1,187 @@
+"""The trainer, top to bottom: data, model, optimizer, state (restored or new), loop, summary.
+
+Identical on CPU and TPU: only the mesh (from config.mesh and the devices present) differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from openmoe2_jax import flops, validation
+from openmoe2_jax.data import pipeline
+from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.parallel import sharding
+from openmoe2_jax.train import checkpoint, optimizer, state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass
+class Summary:
+    steps: int
+    final_train_loss: float
+    final_validation_loss: float
+    tokens_seen: int
+    wall_seconds: float
+    tokens_per_second: float
+    train_losses: dict            # step -> loss, for every step this run took
+    resumed_from: int | None
+
+
+def _format_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _write_config(config, workdir: str) -> None:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> Summary:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    stop_at_step: stop (with a checkpoint) after this step, as a preempted run would.
+    """
+    t_start = time.time()
+    num_processes, process = jax.process_count(), jax.process_index()
+    validation.validate(config, num_devices=jax.device_count(), num_processes=num_processes)
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids)
+    seq_len, batch = config.data.seq_len, config.train.batch_size
+
+    # Data.
+    corpus = pipeline.load_corpus(config.data, tokenizer, config.seed)
+    available = pipeline.num_train_batches(corpus.train, seq_len, batch, config.data.num_epochs)
+    if available is not None and available < config.train.steps:
+        raise validation.ConfigError(
+            f"config.train.steps = {config.train.steps} needs {config.train.steps} batches but "
+            f"{config.data.num_epochs} epoch(s) of {corpus.counts['train_tokens']:,} training tokens "
+            f"give {available}; raise config.data.num_epochs (0 = no end) or lower the steps.")
+    shard = pipeline.Shard(process, num_processes)
+    train_data = pipeline.train_dataset(corpus.train, seq_len, batch, config.data.num_epochs,
+                                        config.seed, shard).to_iter_dataset()
+    train_iter = iter(train_data)
+    val_batches = pipeline.validation_batches(corpus.validation, seq_len, batch,
+                                              config.eval.num_batches, shard)
+
+    # Model, optimizer, mesh.
+    model = Transformer(model_cfg)
+    tx = optimizer.make(config.train)
+    lr_schedule = optimizer.schedule(config.train)
+    mesh = sharding.make_mesh(config.mesh)
+    init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
+
+    os.makedirs(workdir, exist_ok=True)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                                   config.checkpoint.async_save)
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        abstract, state_shardings = state_lib.abstract_state(init, mesh)
+        resumed_from = ckpts.latest_step()
+        if resumed_from is not None:
+            ckpts.check_compatible(resumed_from, abstract)
+            state = ckpts.restore(resumed_from, abstract, train_iter)
+            log(f"resumed from {ckpts.directory}/{resumed_from}")
+        else:
+            state = state_lib.create(init, state_shardings)
+        if process == 0:
+            _write_config(config, workdir)
+        counts = flops.param_counts(model_cfg)
+        flops_per_token = flops.train_flops_per_token(model_cfg, seq_len)
+        log(f"model: {counts['total']:,} params ({counts['non_embedding']:,} non-embedding), "
+            f"{flops_per_token / 1e6:.1f} MFLOPs/token; mesh {dict(mesh.shape)}; "
+            f"{corpus.counts['train_tokens']:,} train tokens, {len(val_batches)} validation batches")
+
+        batch_sharding = sharding.batch_sharding(mesh)
+        objective = step_lib.frozen_objective(config.objective)
+        train_step = jax.jit(
+            functools.partial(step_lib.train_step, model=model, tx=tx, schedule=lr_schedule,
+                              objective_cfg=objective, mask_id=tokenizer.mask_id),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=0)
+        eval_step = jax.jit(
+            functools.partial(step_lib.eval_step, model=model,
+                              objective_cfg=step_lib.frozen_objective(config.objective, evaluation=True),
+                              mask_id=tokenizer.mask_id, eval_seed=config.seed + 1),
+            in_shardings=(state_shardings.params, batch_sharding, None),
+            out_shardings=sharding.replicated(mesh))
+
+        def to_global(local):
+            return jax.make_array_from_process_local_data(batch_sharding, local)
+
+        def evaluate(params) -> float:
+            results = [eval_step(params, to_global(b), i) for i, b in enumerate(val_batches)]
+            return float(step_lib.mean_metrics(results)["loss"])
+
+        writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if process == 0 else None
+        first = int(state.step)
+        last = config.train.steps if stop_at_step is None else min(stop_at_step, config.train.steps)
+        losses, window, val_loss = {}, [], float("nan")
+        t_window, tokens_per_step = time.time(), batch * seq_len
+        t_loop, steps_timed = time.time(), 0
+        for step in range(first + 1, last + 1):
+            state, metrics = train_step(state, to_global(next(train_iter)))
+            loss = float(metrics["loss"])  # synchronises: the step is done
+            losses[step] = loss
+            window.append(loss)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}; last checkpoint kept.")
+            if step % config.log_every_steps == 0 or step == last:
+                elapsed = time.time() - t_window
+                n = len(window)
+                tps = n * tokens_per_step / elapsed
+                steps_timed += n
+                if writer:
+                    for k, v in jax.device_get(metrics).items():
+                        writer.add_scalar(f"train/{k}", float(v), step)
+                    writer.add_scalar("train/loss_window_mean", float(np.mean(window)), step)
+                    writer.add_scalar("perf/tokens_per_second", tps, step)
+                    writer.add_scalar("perf/step_seconds", elapsed / n, step)
+                    writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
+                eta = (last - step) * elapsed / n
+                log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
+                    f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
+                    f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
+                window, t_window = [], time.time()
+            if config.eval.every_steps and step % config.eval.every_steps == 0 and step != last:
+                val_loss = evaluate(state.params)
+                if writer:
+                    writer.add_scalar("eval/loss", val_loss, step)
+                log(f"step {step:>6} | validation loss {val_loss:.4f}")
+                t_window = time.time()
+            if step % config.checkpoint.every_steps == 0 or step == last:
+                ckpts.save(step, state, train_iter)
+        wall_loop = time.time() - t_loop
+
+        if last > first or resumed_from is None:
+            val_loss = evaluate(state.params)
+            if writer:
+                writer.add_scalar("eval/loss", val_loss, last)
+        ckpts.wait()
+        ckpts.close()
+        if writer:
+            writer.close()
+
+    tail = [losses[s] for s in sorted(losses)[-config.log_every_steps:]]
+    summary = Summary(
+        steps=last, final_train_loss=float(np.mean(tail)) if tail else float("nan"),
+        final_validation_loss=val_loss, tokens_seen=last * tokens_per_step,
+        wall_seconds=time.time() - t_start,
+        tokens_per_second=(last - first) * tokens_per_step / wall_loop if last > first else 0.0,
+        train_losses=losses, resumed_from=resumed_from)
+    if process == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump({k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"},
+                      f, indent=2)
+    log(f"done: {last} steps | final train loss {summary.final_train_loss:.4f} | validation loss "
+        f"{val_loss:.4f} | {summary.tokens_seen:,} tokens seen | {_format_seconds(summary.wall_seconds)}"
+        f" wall | {summary.tokens_per_second:,.0f} tok/s")
+    return summary

@@ -1,0 +1,27 @@
+"""AdamW with linear warm-up + cosine decay, global-norm clipping, no weight decay on norm scales."""
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def schedule(train_config) -> optax.Schedule:
+    """0 -> peak over warmup_steps, cosine down to min_lr_ratio * peak at `steps`."""
+    t = train_config
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
+        decay_steps=t.steps, end_value=t.learning_rate * t.min_lr_ratio)
+
+
+def decay_mask(params):
+    """True for matrices (decayed), False for vectors (norm scales)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make(train_config) -> optax.GradientTransformation:
+    t = train_config
+    return optax.chain(
+        optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+        optax.adamw(schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                    mask=decay_mask),
+    )

@@ -1,0 +1,55 @@
+"""Pure train and eval steps: (state, batch) -> (state, metrics). Jitted with shardings by the loop."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from openmoe2_jax import objectives
+from openmoe2_jax.train.state import TrainState
+
+
+def apply_fn(model: nn.Module):
+    """(params, tokens, valid) -> (logits, aux) where aux holds auxiliary losses and routing stats."""
+    def apply(params, tokens, valid):
+        logits = model.apply({"params": params}, tokens, valid)
+        return logits, {}
+    return apply
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, objective_cfg, mask_id):
+    loss_fn = functools.partial(objectives.loss_fn(objective_cfg.kind), apply_fn(model),
+                                cfg=objective_cfg, mask_id=mask_id)
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: loss_fn(p, batch, rng), has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, batch_index, *, model, objective_cfg, mask_id, eval_seed: int):
+    """Validation loss of one batch with corruption fixed by (eval_seed, batch_index): comparable
+    across checkpoints and runs."""
+    loss_fn = objectives.loss_fn(objective_cfg.kind)
+    rng = jax.random.fold_in(jax.random.PRNGKey(eval_seed), batch_index)
+    loss, metrics = loss_fn(apply_fn(model), params, batch, rng, objective_cfg, mask_id)
+    return dict(metrics, loss=loss)
+
+
+def frozen_objective(objective_config, evaluation: bool = False) -> ml_collections.FrozenConfigDict:
+    """A static, hashable view of config.objective for tracing (no random length in evaluation)."""
+    d = objective_config.to_dict()
+    if evaluation:
+        d["random_length_prob"] = 0.0
+    return ml_collections.FrozenConfigDict(d)
+
+
+def mean_metrics(metrics_list):
+    return jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *metrics_list)

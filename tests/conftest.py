@@ -1,0 +1,34 @@
+"""Tests run on the CPU with 8 fake devices, so meshes, shardings and collectives are real."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+from openmoe2_jax.configs import tiny  # noqa: E402
+
+
+def small_config():
+    """A config that trains in well under a second per step on 2 CPU cores."""
+    c = tiny.get_config()
+    c.model.update(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, mlp_dim=64)
+    c.objective.random_length_buckets = (8, 16, 24)
+    c.data.update(seq_len=32)
+    c.train.update(steps=6, batch_size=8, warmup_steps=2)
+    c.eval.update(every_steps=0, num_batches=2)
+    c.checkpoint.update(every_steps=3, keep=3, async_save=False)
+    c.log_every_steps = 1
+    return c
+
+
+@pytest.fixture
+def config():
+    return small_config()
+
+
+def pytest_report_header(config):
+    del config
+    return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"

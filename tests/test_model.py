@@ -1,0 +1,85 @@
+"""The transformer: attention masking, initialisation, and parameter accounting."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from openmoe2_jax import flops
+from openmoe2_jax.models import layers
+from openmoe2_jax.models.transformer import ModelConfig, Transformer
+
+
+def _model(config, causal):
+    config.objective.kind = "ar" if causal else "diffusion"
+    return Transformer(ModelConfig.from_config(config, 100277))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_future_token_changes_earlier_logits_only_when_bidirectional(config, causal):
+    model = _model(config, causal)
+    tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 1000)
+    params = model.init(jax.random.key(1), tokens)
+    changed = tokens.at[:, 10].set(tokens[:, 10] + 1)
+    a, b = model.apply(params, tokens), model.apply(params, changed)
+    diff = np.abs(np.asarray(a - b)).max(axis=(0, 2))  # per position
+    if causal:
+        assert np.all(diff[:10] == 0.0)
+    else:
+        assert np.all(diff[:10] > 1e-6)
+    assert diff[10] > 1e-6
+
+
+def test_padding_keys_are_not_attended(config):
+    model = _model(config, causal=False)
+    tokens = jax.random.randint(jax.random.key(0), (1, 16), 0, 1000)
+    params = model.init(jax.random.key(1), tokens)
+    valid = jnp.arange(16)[None] < 8
+    other = tokens.at[:, 12].set(7)
+    a = model.apply(params, tokens, valid)[:, :8]
+    b = model.apply(params, other, valid)[:, :8]
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rope_is_a_rotation_that_depends_on_relative_position():
+    x = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))
+    y = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
+    def dot(i, j):
+        return float(jnp.sum(layers.rope(x, jnp.array([[i]]), 1e4) * layers.rope(y, jnp.array([[j]]), 1e4)))
+    np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-5)
+    np.testing.assert_allclose(float(jnp.linalg.norm(layers.rope(x, jnp.array([[5]]), 1e4))),
+                               float(jnp.linalg.norm(x)), rtol=1e-6)
+
+
+def test_init_scales_and_no_biases(config):
+    config.model.update(num_layers=8, d_model=64, mlp_dim=256)
+    model = _model(config, causal=False)
+    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = jax.tree.map(np.asarray, params)
+    layer = params["layer_0"]
+    np.testing.assert_allclose(layer["attn"]["wq"].std(), 0.02, rtol=0.1)
+    np.testing.assert_allclose(layer["ffn"]["w_down"].std(), 0.02 / np.sqrt(16), rtol=0.1)
+    np.testing.assert_allclose(layer["attn"]["wo"].std(), 0.02 / np.sqrt(16), rtol=0.1)
+    names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert not any("bias" in n for n in names)
+    assert params["embedding"].shape == (100352, 64) and params["head"].shape == (64, 100352)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_param_counts_equal_the_initialised_tree(config, kv_heads):
+    config.model.update(num_heads=2, num_kv_heads=kv_heads)
+    model = _model(config, causal=False)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    total = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    counts = flops.param_counts(model.cfg)
+    assert counts["total"] == total
+    assert counts["embedding"] == params["embedding"].value.size + params["head"].value.size
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(config):
+    config.model.dtype = "bfloat16"
+    model = _model(config, causal=False)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    variables = model.init(jax.random.key(0), tokens)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    assert model.apply(variables, tokens).dtype == jnp.float32
