@@ -49,9 +49,9 @@ class Checkpoints:
         if saved is None:
             raise CheckpointError(f"checkpoint {self.directory}/{step} has no train state")
         saved = getattr(saved, "tree", saved)
-        ours = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
+        ours = {jax.tree_util.keystr(k, simple=True, separator="/"): (tuple(v.shape), str(v.dtype))
                 for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-        theirs = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
+        theirs = {jax.tree_util.keystr(k, simple=True, separator="/"): (tuple(v.shape), str(v.dtype))
                   for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
         problems = [f"{k}: missing from the checkpoint" for k in ours if k not in theirs]
         problems += [f"{k}: in the checkpoint but not in this model" for k in theirs if k not in ours]

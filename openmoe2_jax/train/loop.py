@@ -45,6 +45,26 @@ def _write_config(config, workdir: str) -> None:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
+    """The jitted train step (state, batch) -> (state, metrics) and eval step
+    (params, batch, batch_index) -> metrics, with their shardings on `mesh`."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jax.jit(
+        functools.partial(step_lib.train_step, model=model, tx=tx,
+                          schedule=optimizer.schedule(config.train),
+                          objective_cfg=step_lib.frozen_objective(config.objective), mask_id=mask_id),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0)
+    eval_step = jax.jit(
+        functools.partial(step_lib.eval_step, model=model,
+                          objective_cfg=step_lib.frozen_objective(config.objective, evaluation=True),
+                          mask_id=mask_id, eval_seed=config.seed + 1),
+        in_shardings=(state_shardings.params, batch_sharding, None),
+        out_shardings=sharding.replicated(mesh))
+    return train_step, eval_step
+
+
 def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> Summary:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -75,7 +95,6 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
     # Model, optimizer, mesh.
     model = Transformer(model_cfg)
     tx = optimizer.make(config.train)
-    lr_schedule = optimizer.schedule(config.train)
     mesh = sharding.make_mesh(config.mesh)
     init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
 
@@ -100,19 +119,8 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
             f"{corpus.counts['train_tokens']:,} train tokens, {len(val_batches)} validation batches")
 
         batch_sharding = sharding.batch_sharding(mesh)
-        objective = step_lib.frozen_objective(config.objective)
-        train_step = jax.jit(
-            functools.partial(step_lib.train_step, model=model, tx=tx, schedule=lr_schedule,
-                              objective_cfg=objective, mask_id=tokenizer.mask_id),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=0)
-        eval_step = jax.jit(
-            functools.partial(step_lib.eval_step, model=model,
-                              objective_cfg=step_lib.frozen_objective(config.objective, evaluation=True),
-                              mask_id=tokenizer.mask_id, eval_seed=config.seed + 1),
-            in_shardings=(state_shardings.params, batch_sharding, None),
-            out_shardings=sharding.replicated(mesh))
+        train_step, eval_step = compile_steps(config, model, tx, mesh, state_shardings,
+                                              tokenizer.mask_id)
 
         def to_global(local):
             return jax.make_array_from_process_local_data(batch_sharding, local)
@@ -146,6 +154,7 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
                     writer.add_scalar("perf/tokens_per_second", tps, step)
                     writer.add_scalar("perf/step_seconds", elapsed / n, step)
                     writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
+                    writer.flush()  # a killed run keeps what it logged
                 eta = (last - step) * elapsed / n
                 log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
                     f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "

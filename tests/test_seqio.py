@@ -1,0 +1,28 @@
+"""The seqio vocabulary and task (the `seqio` extra; imports TensorFlow)."""
+import numpy as np
+import pytest
+
+seqio = pytest.importorskip("seqio", reason="the test extra installs seqio; this is its only user")
+
+from openmoe2_jax.data import seqio_tasks  # noqa: E402
+from openmoe2_jax.data.tokenizer import get_tokenizer  # noqa: E402
+
+
+def test_vocabulary_matches_tiktoken_in_python_and_tf():
+    vocab = seqio_tasks.Cl100kVocabulary()
+    tok = get_tokenizer()
+    text = "And God said, Let there be light: and there was light."
+    assert vocab.encode(text) == tok.encode(text)
+    assert list(vocab.encode_tf(text).numpy()) == tok.encode(text)
+    assert vocab.decode(tok.encode(text) + [tok.eot_id, tok.mask_id]) == text
+    assert vocab.decode_tf(vocab.encode_tf(text)).numpy().decode() == text
+    assert vocab.eos_id == 100257 and vocab.vocab_size == 100277
+
+
+def test_bible_task_yields_eos_terminated_chapters():
+    (name,) = seqio_tasks.register_tasks()
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        sequence_length={"targets": 64}, split="validation", shuffle=False, use_cached=False)
+    ex = next(iter(ds.as_numpy_iterator()))
+    assert ex["targets"][-1] == 100257 and len(ex["targets"]) <= 64
+    assert np.all(ex["targets"] < 100277)

@@ -1,0 +1,74 @@
+"""The mesh and the rules: a sharded train step equals the single-device one; params placed by rules."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.parallel import sharding
+from openmoe2_jax.train import loop, optimizer, state as state_lib
+
+
+def one_step(config, devices, batch):
+    """(loss, updated params as numpy, state) after one train step on a mesh over `devices`."""
+    tok = get_tokenizer()
+    model = Transformer(ModelConfig.from_config(config, tok.num_ids))
+    tx = optimizer.make(config.train)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    init = state_lib.init_fn(model, tx, config.seed, config.train.batch_size, config.data.seq_len)
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        _, shardings = state_lib.abstract_state(init, mesh)
+        state = state_lib.create(init, shardings)
+        train_step, _ = loop.compile_steps(config, model, tx, mesh, shardings, tok.mask_id)
+        global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+        state, metrics = train_step(state, global_batch)
+    return float(metrics["loss"]), jax.tree.map(np.asarray, state.params), state
+
+
+@pytest.fixture
+def batch(config):
+    return np.asarray(jax.random.randint(jax.random.key(0), (config.train.batch_size, config.data.seq_len),
+                                         0, 100000), np.int32)
+
+
+def test_data4_expert2_step_equals_single_device(config, batch):
+    config.objective.random_length_prob = 0.0
+    single = config.copy_and_resolve_references()
+    single.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
+    loss1, params1, _ = one_step(single, jax.devices()[:1], batch)
+    config.mesh.update(data=4, fsdp=1, expert=2, tensor=1)
+    loss8, params8, state8 = one_step(config, jax.devices(), batch)
+    # Reductions over 8 shards sum in another order: equal to float32 rounding, not bitwise.
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params8, params1)
+    assert state8.params["embedding"].sharding.mesh.shape == {"data": 4, "fsdp": 1, "expert": 2, "tensor": 1}
+
+
+def test_parameters_are_sharded_as_the_rules_say(config, batch):
+    config.mesh.update(data=2, fsdp=2, expert=1, tensor=2)
+    _, _, state = one_step(config, jax.devices(), batch)
+    p = state.params
+    spec = lambda x: tuple(x.sharding.spec)
+    assert spec(p["embedding"]) == ("tensor", "fsdp")          # (vocab, embed)
+    assert spec(p["head"]) == ("fsdp", "tensor")               # (embed, vocab)
+    assert spec(p["layer_0"]["attn"]["wq"]) == ("fsdp", "tensor", None)
+    assert spec(p["layer_0"]["attn"]["wo"]) == ("tensor", None, "fsdp")
+    assert spec(p["layer_0"]["ffn"]["w_gate"]) == ("fsdp", "tensor")
+    assert spec(p["layer_0"]["ffn"]["w_down"]) == ("tensor", "fsdp")
+    assert spec(p["layer_0"]["attn_norm"]["scale"]) in ((), (None,))
+    # A shard really holds a quarter of the embedding (vocab / 2 x embed / 2).
+    shard = p["embedding"].addressable_shards[0].data
+    assert shard.shape == (100352 // 2, config.model.d_model // 2)
+    # The optimizer moments follow their parameters.
+    mu = state.opt_state[1][0].mu
+    assert spec(mu["embedding"]) == ("tensor", "fsdp")
+
+
+def test_mesh_fill_and_errors():
+    m = sharding.make_mesh(dict(data=-1, fsdp=1, expert=2, tensor=1))
+    assert dict(m.shape) == {"data": 4, "fsdp": 1, "expert": 2, "tensor": 1}
+    with pytest.raises(ValueError, match="config.mesh"):
+        sharding.make_mesh(dict(data=3, fsdp=1, expert=1, tensor=1))
+    with pytest.raises(ValueError, match="at most one axis"):
+        sharding.make_mesh(dict(data=-1, fsdp=-1, expert=1, tensor=1))
