@@ -189,6 +189,10 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
         raise ConfigError(
             f"config.model.num_heads = {m.num_heads} does not divide config.model.d_model = "
             f"{m.d_model}; choose heads that divide the width or set config.model.head_dim.")
+    head_dim = m.head_dim or m.d_model // m.num_heads
+    if head_dim % 2:
+        raise ConfigError(f"config.model: head_dim = {head_dim} (d_model / num_heads, or "
+                          "config.model.head_dim) must be even for rotary position embeddings.")
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(
             f"config.model.num_kv_heads = {m.num_kv_heads} must divide config.model.num_heads = "

@@ -1,0 +1,138 @@
+"""Bad configs and inputs get a clear error naming the problem, before any compile, losing nothing."""
+import hashlib
+import json
+import os
+
+import pytest
+
+from openmoe2_jax import errors, validation
+from openmoe2_jax.train import loop
+
+
+def quiet(*args):
+    del args
+
+
+def snapshot(path):
+    """{relative path: sha256} of every file under `path`."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+CONFIG_CASES = [
+    # (override, expected message fragment)
+    (lambda c: c.model.__setitem__("num_layer", 3), "config.model.num_layer is not a known field"),
+    (lambda c: c.model.__setitem__("num_layers", -2), "config.model.num_layers = -2"),
+    (lambda c: c.model.__setitem__("d_model", 33), "does not divide config.model.d_model = 33"),
+    (lambda c: c.model.__setitem__("d_model", 30), "head_dim = 15 .* must be even"),
+    (lambda c: c.model.update(num_heads=4, num_kv_heads=3, d_model=32), "num_kv_heads = 3 must divide"),
+    (lambda c: c.model.__setitem__("dtype", "float16"), "config.model.dtype = 'float16'"),
+    (lambda c: c.objective.__setitem__("kind", "mdlm"), "expected one of 'diffusion', 'ar'"),
+    (lambda c: c.objective.__setitem__("t_eps", 1.5), "config.objective.t_eps = 1.5"),
+    (lambda c: c.objective.__setitem__("random_length_buckets", (8, 64)), "shorter than config.data.seq_len"),
+    (lambda c: c.data.__setitem__("validation_fraction", 1.0), "config.data.validation_fraction = 1.0"),
+    (lambda c: c.data.__setitem__("source", "hf_hub"), "config.data.source = 'hf_hub'"),
+    (lambda c: c.data.__setitem__("source", "jsonl"), "config.data.paths is empty"),
+    (lambda c: c.train.__setitem__("warmup_steps", 100), "warmup_steps = 100 exceeds"),
+    (lambda c: c.train.__setitem__("learning_rate", 0.0), "config.train.learning_rate = 0.0"),
+    (lambda c: c.train.__setitem__("batch_size", 6), "not divisible by the 8 batch shards"),
+    (lambda c: c.mesh.update(fsdp=3), "do not divide the 8 available devices"),
+    (lambda c: c.mesh.update(data=2, expert=2), "multiply to 4 devices but 8 are available"),
+    (lambda c: c.__setitem__("seed", -1), "config.seed = -1"),
+    (lambda c: c.model.__setitem__("vocab_size", 1000), "config.model.vocab_size = 1000 is smaller"),
+]
+
+
+@pytest.mark.parametrize("override,message", CONFIG_CASES)
+def test_bad_config_is_refused_before_anything_runs(config, tmp_path, override, message):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("keep me")
+    before = snapshot(workdir)
+    config.unlock()
+    override(config)
+    with pytest.raises(validation.ConfigError, match=message):
+        loop.train(config, str(workdir), log=quiet)
+    assert snapshot(workdir) == before
+
+
+def _corpus_case(tmp_path, name):
+    """(source, paths, expected message) for a broken corpus file."""
+    if name == "missing":
+        return "jsonl", (str(tmp_path / "nope.jsonl"),), "does not exist"
+    if name == "no_match":
+        return "text", (str(tmp_path / "*.txt"),), "matches no file"
+    if name == "empty":
+        (tmp_path / "empty.jsonl").write_text("\n\n")
+        return "jsonl", (str(tmp_path / "empty.jsonl"),), "the corpus is empty"
+    if name == "bad_json":
+        (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
+        return "jsonl", (str(tmp_path / "bad.jsonl"),), r"bad.jsonl:2: not valid JSON"
+    if name == "no_field":
+        (tmp_path / "f.jsonl").write_text('{"body": "x"}\n')
+        return "jsonl", (str(tmp_path / "f.jsonl"),), "no string field 'text'"
+    if name == "corrupt_parquet":
+        (tmp_path / "c.parquet").write_bytes(b"PAR1 this is not parquet")
+        return "parquet", (str(tmp_path / "c.parquet"),), "not a readable Parquet file"
+    if name == "one_doc":
+        (tmp_path / "one.txt").write_text("just one document")
+        return "text", (str(tmp_path / "one.txt"),), "needs at least 2"
+    if name == "not_prepared":
+        return "prepared", (str(tmp_path),), "is not a prepared corpus: missing"
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["missing", "no_match", "empty", "bad_json", "no_field",
+                                  "corrupt_parquet", "one_doc", "not_prepared"])
+def test_bad_corpus_is_named(config, tmp_path, name):
+    source, paths, message = _corpus_case(tmp_path, name)
+    config.data.update(source=source, paths=paths)
+    with pytest.raises(errors.USER_ERRORS, match=message):
+        loop.train(config, str(tmp_path / "run"), log=quiet)
+
+
+def test_checkpoint_from_another_model_is_refused_and_kept(config, tmp_path):
+    workdir = str(tmp_path / "run")
+    config.train.steps = 3
+    loop.train(config, workdir, log=quiet)
+    before = snapshot(workdir)
+    other = config.copy_and_resolve_references()
+    other.model.d_model = 64
+    with pytest.raises(errors.CheckpointError, match=r"(?s)different model.*params/embedding: checkpoint has "
+                                                     r"\(\(100352, 32\), 'float32'\)"):
+        loop.train(other, workdir, log=quiet)
+    assert snapshot(workdir) == before
+
+
+def test_unusable_checkpoint_directory(config, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("a file where the checkpoint directory belongs")
+    with pytest.raises(errors.CheckpointError, match="exists and is not a directory"):
+        loop.train(config, str(workdir), log=quiet)
+    assert (workdir / "checkpoints").read_text().startswith("a file")
+
+
+def test_too_few_epochs_for_the_steps(config, tmp_path):
+    config.data.num_epochs = 1
+    config.train.steps = 100_000
+    with pytest.raises(validation.ConfigError, match="raise config.data.num_epochs"):
+        loop.train(config, str(tmp_path / "run"), log=quiet)
+
+
+def test_cli_prints_the_error_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "openmoe2_jax.train", f"--workdir={tmp_path}",
+                          "--config.model.num_layers=0"], capture_output=True, text=True,
+                         env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+    assert out.returncode != 0
+    assert "error: config.model.num_layers = 0 is not allowed: expected a positive integer" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert json.dumps  # the CLI wrote nothing into the workdir
+    assert not os.listdir(tmp_path)
