@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from openmoe2_jax.kernels import ec_topk
+
 
 class ConfigError(ValueError):
     """A config field has a value that is not allowed."""
@@ -83,6 +85,7 @@ FIELDS: dict[str, Check] = {
     "model.num_heads": positive_int,
     "model.num_kv_heads": positive_int,
     "model.head_dim": nonneg_int,
+    "model.ffn": one_of("moe", "dense"),
     "model.mlp_dim": positive_int,
     "model.rope_theta": number(0, lo_open=True),
     "model.norm_eps": number(0, 1, lo_open=True),
@@ -90,6 +93,28 @@ FIELDS: dict[str, Check] = {
     "model.init_std": number(0, lo_open=True),
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
+    "moe.routing": one_of("ec", "tc"),
+    "moe.num_experts": positive_int,
+    "moe.num_shared_experts": nonneg_int,
+    "moe.expert_mlp_dim": positive_int,
+    "moe.shared_mlp_dim": nonneg_int,
+    "moe.shared_gating": one_of("none", "router"),
+    "moe.top_k": positive_int,
+    "moe.ec_group": one_of("batch", "sequence"),
+    "moe.num_groups": nonneg_int,
+    "moe.ec_capacity_factor": number(0, lo_open=True),
+    "moe.tc_capacity_factor": number(0),
+    "moe.router": one_of("softmax", "sigmoid", "pre_softmax"),
+    "moe.z_loss": number(0),
+    "moe.tc_balance_loss": number(0),
+    "moe.ec_balance_loss": number(0),
+    "moe.scaling_factors": boolean,
+    "moe.first_dense_layers": nonneg_int,
+    "moe.dense_mlp_dim": nonneg_int,
+    "moe.topk_impl": one_of(*ec_topk.IMPLS),
+    "moe.allow_ec_causal": boolean,
+    "moe.upcycle_from": lambda v: None if isinstance(v, str) else "a path (string), '' for none",
+    "moe.upcycle_method": one_of("copy", "slice"),
     "objective.kind": one_of("diffusion", "ar"),
     "objective.weight": one_of("t", "ratio"),
     "objective.t_eps": number(0, 1, hi_open=True),
@@ -218,6 +243,8 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
     if config.data.source == "prepared" and len(config.data.paths) != 1:
         raise ConfigError(f"config.data.paths = {tuple(config.data.paths)}: a prepared corpus is one "
                           "directory written by `python -m openmoe2_jax.data.prepare`.")
+    if m.ffn == "moe":
+        _validate_moe(config)
     if config.train.batch_size % num_processes:
         raise ConfigError(f"config.train.batch_size = {config.train.batch_size} is not divisible by "
                           f"the {num_processes} processes.")
@@ -228,3 +255,45 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
             raise ConfigError(
                 f"config.train.batch_size = {config.train.batch_size} is not divisible by the "
                 f"{batch_shards} batch shards of the mesh (data x fsdp x expert = {shape}).")
+        moe = config.moe
+        if m.ffn == "moe" and moe.num_experts % shape["expert"]:
+            raise ConfigError(f"config.moe.num_experts = {moe.num_experts} is not divisible by the "
+                              f"mesh's expert axis ({shape['expert']}).")
+        if m.ffn == "moe" and moe.num_groups and moe.num_groups % batch_shards:
+            raise ConfigError(f"config.moe.num_groups = {moe.num_groups} is not a multiple of the "
+                              f"{batch_shards} batch shards of the mesh; use 0 for one group per shard.")
+
+
+def _validate_moe(config) -> None:
+    moe, m = config.moe, config.model
+    if moe.routing == "ec" and config.objective.kind == "ar" and not moe.allow_ec_causal:
+        raise ConfigError(
+            "config.moe.routing = 'ec' with config.objective.kind = 'ar': expert choice selects tokens "
+            "across positions, which leaks the future into a causal model. Use config.moe.routing = "
+            "'tc' (as the study's AR-MoE baselines do), or set config.moe.allow_ec_causal = True to "
+            "waive sequence independence knowingly.")
+    if moe.top_k > moe.num_experts:
+        raise ConfigError(f"config.moe.top_k = {moe.top_k} exceeds config.moe.num_experts = "
+                          f"{moe.num_experts}.")
+    if moe.routing == "tc" and moe.router == "pre_softmax":
+        raise ConfigError("config.moe.router = 'pre_softmax' is an expert-choice gate; token choice "
+                          "takes softmax or sigmoid.")
+    if moe.routing == "tc" and moe.router == "softmax" and moe.top_k == 1 and moe.shared_gating == "none":
+        raise ConfigError("config.moe.top_k = 1 with a post-softmax token-choice router gives every "
+                          "gate exactly 1 (the router gets no gradient); use top_k >= 2 or sigmoid.")
+    if moe.shared_gating == "router":
+        if moe.num_shared_experts == 0:
+            raise ConfigError("config.moe.shared_gating = 'router' needs config.moe.num_shared_experts > 0.")
+        width = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
+        if width % moe.num_shared_experts:
+            raise ConfigError(f"config.moe.shared_mlp_dim = {width} is not divisible by "
+                              f"config.moe.num_shared_experts = {moe.num_shared_experts}.")
+    if moe.scaling_factors and moe.router == "pre_softmax":
+        raise ConfigError("config.moe.scaling_factors is defined for post-softmax and sigmoid routers.")
+    if moe.first_dense_layers > m.num_layers:
+        raise ConfigError(f"config.moe.first_dense_layers = {moe.first_dense_layers} exceeds "
+                          f"config.model.num_layers = {m.num_layers}.")
+    tokens = config.train.batch_size * config.data.seq_len
+    if moe.num_groups and tokens % moe.num_groups:
+        raise ConfigError(f"config.moe.num_groups = {moe.num_groups} does not split the batch's "
+                          f"{tokens} tokens into equal groups.")

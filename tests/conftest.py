@@ -15,6 +15,7 @@ def small_config():
     """A config that trains in well under a second per step on 2 CPU cores."""
     c = tiny.get_config()
     c.model.update(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, mlp_dim=64)
+    c.moe.update(num_experts=4, num_shared_experts=2, expert_mlp_dim=16, top_k=2)  # active width 64
     c.objective.random_length_buckets = (8, 16, 24)
     c.data.update(seq_len=32)
     c.train.update(steps=6, batch_size=8, warmup_steps=2)

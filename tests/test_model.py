@@ -17,6 +17,7 @@ def _model(config, causal):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_future_token_changes_earlier_logits_only_when_bidirectional(config, causal):
+    config.model.ffn = "dense"  # (expert choice would leak the future itself: see test_moe.py)
     model = _model(config, causal)
     tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 1000)
     params = model.init(jax.random.key(1), tokens)
@@ -58,16 +59,32 @@ def test_init_scales_and_no_biases(config):
     params = jax.tree.map(np.asarray, params)
     layer = params["layer_0"]
     np.testing.assert_allclose(layer["attn"]["wq"].std(), 0.02, rtol=0.1)
-    np.testing.assert_allclose(layer["ffn"]["w_down"].std(), 0.02 / np.sqrt(16), rtol=0.1)
+    np.testing.assert_allclose(layer["moe"]["w_down"].std(), 0.02 / np.sqrt(16), rtol=0.1)
+    np.testing.assert_allclose(layer["moe"]["w_gate"].std(), 0.02, rtol=0.1)
+    np.testing.assert_allclose(layer["moe"]["router"].std(), 0.02, rtol=0.1)
+    np.testing.assert_allclose(layer["moe"]["shared"]["w_down"].std(), 0.02 / np.sqrt(16), rtol=0.1)
     np.testing.assert_allclose(layer["attn"]["wo"].std(), 0.02 / np.sqrt(16), rtol=0.1)
     names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     assert not any("bias" in n for n in names)
     assert params["embedding"].shape == (100352, 64) and params["head"].shape == (64, 100352)
 
 
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_param_counts_equal_the_initialised_tree(config, kv_heads):
-    config.model.update(num_heads=2, num_kv_heads=kv_heads)
+VARIANTS = {
+    "dense": dict(model=dict(ffn="dense")),
+    "gqa": dict(model=dict(num_heads=2, num_kv_heads=1)),
+    "ec": dict(),
+    "tc": dict(moe=dict(routing="tc")),
+    "noshared": dict(moe=dict(num_shared_experts=0)),
+    "shared_router": dict(moe=dict(shared_gating="router")),
+    "skiplayer": dict(moe=dict(first_dense_layers=1, dense_mlp_dim=48)),
+    "granular": dict(moe=dict(num_experts=8, expert_mlp_dim=8, top_k=4)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_param_counts_equal_the_initialised_tree(config, variant):
+    for section, values in VARIANTS[variant].items():
+        config[section].update(values)
     model = _model(config, causal=False)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     total = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))

@@ -32,8 +32,13 @@ def batch(config):
                                          0, 100000), np.int32)
 
 
-def test_data4_expert2_step_equals_single_device(config, batch):
+@pytest.mark.parametrize("ffn,routing", [("dense", "ec"), ("moe", "ec"), ("moe", "tc")])
+def test_data4_expert2_step_equals_single_device(config, batch, ffn, routing):
+    """Expert-parallel equivalence: loss and updated parameters (so gradients) match one device.
+    Batch-level EC groups are fixed (8) so both runs route identically."""
     config.objective.random_length_prob = 0.0
+    config.model.ffn = ffn
+    config.moe.update(routing=routing, num_groups=8, tc_capacity_factor=1.5 if routing == "tc" else 0.0)
     single = config.copy_and_resolve_references()
     single.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
     loss1, params1, _ = one_step(single, jax.devices()[:1], batch)
@@ -43,6 +48,10 @@ def test_data4_expert2_step_equals_single_device(config, batch):
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params8, params1)
     assert state8.params["embedding"].sharding.mesh.shape == {"data": 4, "fsdp": 1, "expert": 2, "tensor": 1}
+    if ffn == "moe":
+        w = state8.params["layer_0"]["moe"]["w_gate"]
+        assert tuple(w.sharding.spec)[0] == "expert"
+        assert w.addressable_shards[0].data.shape[0] == config.moe.num_experts // 2
 
 
 def test_parameters_are_sharded_as_the_rules_say(config, batch):
@@ -54,8 +63,11 @@ def test_parameters_are_sharded_as_the_rules_say(config, batch):
     assert spec(p["head"]) == ("fsdp", "tensor")               # (embed, vocab)
     assert spec(p["layer_0"]["attn"]["wq"]) == ("fsdp", "tensor", None)
     assert spec(p["layer_0"]["attn"]["wo"]) == ("tensor", None, "fsdp")
-    assert spec(p["layer_0"]["ffn"]["w_gate"]) == ("fsdp", "tensor")
-    assert spec(p["layer_0"]["ffn"]["w_down"]) == ("tensor", "fsdp")
+    moe = p["layer_0"]["moe"]
+    assert spec(moe["w_gate"]) == ("expert", "fsdp", "tensor")       # (exp, embed, mlp)
+    assert spec(moe["w_down"]) == ("expert", "tensor", "fsdp")       # (exp, mlp, embed)
+    assert spec(moe["router"]) in (("fsdp",), ("fsdp", None))        # (embed, -)
+    assert spec(moe["shared"]["w_gate"]) == ("fsdp", "tensor")
     assert spec(p["layer_0"]["attn_norm"]["scale"]) in ((), (None,))
     # A shard really holds a quarter of the embedding (vocab / 2 x embed / 2).
     shard = p["embedding"].addressable_shards[0].data

@@ -1,6 +1,7 @@
-"""The paper default (SCIENCE.md §3): a 1.7B-shape masked-diffusion LM on cl100k, seq 4096, batch 1024.
+"""The paper default (SCIENCE.md §3): a masked-diffusion MoE on cl100k, seq 4096, batch 1024.
 
-Dense FFN layers for now; the MoE fields are added by the MoE configs. Every other config starts from
+MoE in every layer: 64 routed + 2 shared experts, expert choice at batch level, post-softmax router,
+z-loss 1e-3, no scaling factors, no load-balancing loss, from scratch. Every other config starts from
 `get_config()` here and changes only what differs, so a key means the same thing everywhere.
 """
 import ml_collections
@@ -20,13 +21,40 @@ def get_config(arg=None):
         num_heads=16,
         num_kv_heads=16,      # < num_heads = grouped-query attention
         head_dim=0,           # 0 = d_model // num_heads (which must then divide d_model)
-        mlp_dim=6144,         # dense SwiGLU hidden width
+        ffn="moe",            # moe | dense: the FFN of every layer (after moe.first_dense_layers)
+        mlp_dim=6144,         # dense SwiGLU hidden width (dense models and dense layers)
         rope_theta=1e4,
         norm_eps=1e-6,
         qk_norm=True,
         init_std=0.02,        # output projections use init_std / sqrt(2 * num_layers)
         dtype="bfloat16",     # compute dtype
         param_dtype="float32",
+    ))
+
+    c.moe = ml_collections.ConfigDict(dict(
+        routing="ec",              # ec (expert choice) | tc (token choice)
+        num_experts=64,            # routed experts E
+        num_shared_experts=2,
+        expert_mlp_dim=768,        # f, the SwiGLU width of one expert
+        shared_mlp_dim=0,          # fused shared width; 0 = num_shared_experts * expert_mlp_dim
+        shared_gating="none",      # none: shared output added with weight 1 | router: shared experts
+                                   # get router logits and share the gate normalisation
+        top_k=6,                   # k: TC experts per token; EC capacity C = N k cf / E (same FLOPs)
+        ec_group="batch",          # batch (tokens of one data-parallel replica) | sequence
+        num_groups=0,              # batch-level EC groups per step; 0 = one per batch shard of the mesh
+        ec_capacity_factor=1.0,
+        tc_capacity_factor=0.0,    # 0 = dropless token choice; > 0 = capacity with dropping
+        router="softmax",          # softmax (post-softmax) | sigmoid | pre_softmax (EC only)
+        z_loss=1e-3,               # router z-loss coefficient
+        tc_balance_loss=1e-2,      # TC load-balancing loss coefficient (Switch/GShard)
+        ec_balance_loss=0.0,       # EC token-wise load-balancing loss coefficient (ablation 4)
+        scaling_factors=False,     # scale gates by the Monte Carlo rule of SCIENCE.md §2
+        first_dense_layers=0,      # the first N layers use a dense FFN
+        dense_mlp_dim=0,           # width of those dense layers; 0 = model.mlp_dim
+        topk_impl="xla",           # the EC top-k implementation
+        allow_ec_causal=False,     # EC leaks the future in a causal model; True waives that refusal
+        upcycle_from="",           # workdir of a dense run to initialise the experts from
+        upcycle_method="copy",     # copy (f = dense width) | slice (experts = slices of the dense FFN)
     ))
 
     c.objective = ml_collections.ConfigDict(dict(

@@ -12,7 +12,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from openmoe2_jax.models import layers
+from openmoe2_jax.models import layers, routing
+from openmoe2_jax.models.moe import MoEConfig, MoEFFN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +33,26 @@ class ModelConfig:
     causal: bool
     dtype: str
     param_dtype: str
+    moe: MoEConfig | None = None     # None = dense FFN in every layer
+    first_dense_layers: int = 0      # with moe: layers [0, N) are dense, of width dense_mlp_dim
+    dense_mlp_dim: int = 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.moe is not None and i >= self.first_dense_layers
+
+    @property
+    def dense_ffn_width(self) -> int:
+        """Width of the dense FFN layers (all layers of a dense model, the first N of an MoE)."""
+        return self.dense_mlp_dim if self.moe is not None else self.mlp_dim
 
     @property
     def out_std(self) -> float:
         return self.init_std / math.sqrt(2 * self.num_layers)
 
     @classmethod
-    def from_config(cls, config, tokenizer_num_ids: int) -> "ModelConfig":
+    def from_config(cls, config, tokenizer_num_ids: int, batch_shards: int = 1) -> "ModelConfig":
+        """Resolves `config` (validated). batch_shards: data x fsdp x expert of the mesh, which sets the
+        default number of batch-level EC groups (one per data-parallel replica)."""
         m = config.model
         min_vocab = tokenizer_num_ids + 1  # + the mask id
         padded = -(-min_vocab // m.vocab_multiple) * m.vocab_multiple
@@ -52,11 +66,37 @@ class ModelConfig:
                    head_dim=m.head_dim or m.d_model // m.num_heads, mlp_dim=m.mlp_dim,
                    rope_theta=m.rope_theta, norm_eps=m.norm_eps, qk_norm=m.qk_norm,
                    init_std=m.init_std, causal=config.objective.kind == "ar",
-                   dtype=m.dtype, param_dtype=m.param_dtype)
+                   dtype=m.dtype, param_dtype=m.param_dtype,
+                   moe=resolve_moe(config.moe, batch_shards) if m.ffn == "moe" else None,
+                   first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
+                   dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim)
+
+
+def resolve_moe(moe, batch_shards: int) -> MoEConfig:
+    """config.moe -> MoEConfig: placeholders filled, scaling factors computed (never hard-coded)."""
+    scaling = None
+    if moe.scaling_factors:
+        if moe.routing == "ec":
+            scaling = routing.scaling_table_ec(moe.num_experts, moe.num_shared_experts, moe.router)
+        else:
+            scaling = routing.scaling_factor_tc(moe.num_experts, moe.num_shared_experts, moe.top_k,
+                                                moe.router)
+    return MoEConfig(
+        num_experts=moe.num_experts, num_shared=moe.num_shared_experts,
+        expert_mlp_dim=moe.expert_mlp_dim,
+        shared_mlp_dim=(moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim)
+        if moe.num_shared_experts else 0,
+        shared_gating=moe.shared_gating, top_k=moe.top_k, routing=moe.routing, ec_group=moe.ec_group,
+        num_groups=moe.num_groups or batch_shards, ec_capacity_factor=moe.ec_capacity_factor,
+        tc_capacity_factor=moe.tc_capacity_factor, router=moe.router, z_loss=moe.z_loss,
+        tc_balance_loss=moe.tc_balance_loss if moe.routing == "tc" else 0.0,
+        ec_balance_loss=moe.ec_balance_loss if moe.routing == "ec" else 0.0,
+        scaling=scaling, topk_impl=moe.topk_impl)
 
 
 class Block(nn.Module):
     cfg: ModelConfig
+    index: int
 
     @nn.compact
     def __call__(self, x, positions, valid):
@@ -67,7 +107,11 @@ class Block(nn.Module):
                                  c.norm_eps, c.init_std, c.out_std, c.causal, dt, pdt,
                                  name="attn")(h, positions, valid)
         h = layers.RMSNorm(c.norm_eps, dt, pdt, name="ffn_norm")(x)
-        x = x + layers.SwiGLU(c.mlp_dim, c.init_std, c.out_std, dt, pdt, name="ffn")(h)
+        if c.is_moe_layer(self.index):
+            ffn = MoEFFN(c.moe, c.init_std, c.out_std, dt, pdt, name="moe")(h, valid)
+        else:
+            ffn = layers.SwiGLU(c.dense_ffn_width, c.init_std, c.out_std, dt, pdt, name="ffn")(h)
+        x = x + ffn
         return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
@@ -85,7 +129,7 @@ class Transformer(nn.Module):
         x = jnp.take(embedding, tokens, axis=0).astype(dt)          # [b, s, d]
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         for i in range(c.num_layers):
-            x = Block(c, name=f"layer_{i}")(x, positions, valid)
+            x = Block(c, i, name=f"layer_{i}")(x, positions, valid)
         x = layers.RMSNorm(c.norm_eps, dt, pdt, name="final_norm")(x)
         head = layers.param_with_axes(self, "head", layers.normal_init(c.init_std),
                                       (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)

@@ -64,7 +64,7 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
     value = weighted_masked_loss(logits, tokens, masked, weight, valid)
     correct = (jnp.argmax(logits, -1) == tokens) & masked
     metrics = dict(
-        diffusion_loss=value,
+        diffusion_loss=value, objective_loss=value,
         masked_accuracy=correct.sum() / jnp.maximum(masked.sum(), 1),
         mean_t=t.mean(),
         mask_ratio=masked.sum() / jnp.maximum(valid.sum(), 1),

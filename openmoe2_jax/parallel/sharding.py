@@ -28,6 +28,7 @@ RULES = (
     ("activation_heads", "tensor"),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
+    ("activation_group", ("data", "fsdp")),   # MoE groups once their experts moved to `expert`
     ("activation_exp", "expert"),
     # parameters
     ("vocab", "tensor"),

@@ -3,7 +3,7 @@
 Trains the config (default: the tiny diffusion LM on the bundled corpus) in DIR, resuming from the
 latest checkpoint there. The same command runs on CPU and TPU.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from openmoe2_jax import configs, errors
@@ -17,6 +17,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and XLA log every save at INFO
     try:
         loop.train(_CONFIG.value, _WORKDIR.value)
     except errors.USER_ERRORS as e:

@@ -14,10 +14,25 @@ from openmoe2_jax.train.state import TrainState
 
 
 def apply_fn(model: nn.Module):
-    """(params, tokens, valid) -> (logits, aux) where aux holds auxiliary losses and routing stats."""
+    """(params, tokens, valid) -> (logits, aux).
+
+    aux["aux_loss"] is the sum of the MoE layers' weighted auxiliary losses (z-loss, load balance);
+    aux["moe/<layer>/<stat>"] and aux["moe/<stat>"] (mean over MoE layers) are routing statistics.
+    """
     def apply(params, tokens, valid):
-        logits = model.apply({"params": params}, tokens, valid)
-        return logits, {}
+        logits, sown = model.apply({"params": params}, tokens, valid,
+                                   mutable=["moe_stats", "moe_losses"])
+        aux = {}
+        losses = jax.tree.leaves(sown.get("moe_losses", {}))
+        if losses:
+            aux["aux_loss"] = sum(losses)
+        per_stat = {}
+        for layer, stats in sown.get("moe_stats", {}).items():
+            for name, (value,) in stats["moe"].items():
+                aux[f"moe/{layer}/{name}"] = value
+                per_stat.setdefault(name, []).append(value)
+        aux.update({f"moe/{name}": jnp.mean(jnp.stack(v)) for name, v in per_stat.items()})
+        return logits, aux
     return apply
 
 
@@ -39,8 +54,8 @@ def eval_step(params, batch, batch_index, *, model, objective_cfg, mask_id, eval
     across checkpoints and runs."""
     loss_fn = objectives.loss_fn(objective_cfg.kind)
     rng = jax.random.fold_in(jax.random.PRNGKey(eval_seed), batch_index)
-    loss, metrics = loss_fn(apply_fn(model), params, batch, rng, objective_cfg, mask_id)
-    return dict(metrics, loss=loss)
+    _, metrics = loss_fn(apply_fn(model), params, batch, rng, objective_cfg, mask_id)
+    return dict(metrics, loss=metrics["objective_loss"])  # without the auxiliary router losses
 
 
 def frozen_objective(objective_config, evaluation: bool = False) -> ml_collections.FrozenConfigDict:

@@ -1,0 +1,1 @@
+"""Kernels: the expert-choice top-k (the hot spot of batch-level EC), behind an `impl` switch."""

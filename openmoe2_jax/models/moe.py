@@ -1,0 +1,201 @@
+"""The MoE FFN: fp32 router -> routed SwiGLU experts (stacked weights, logical axis `exp`) + shared
+experts -> sum. Routing decisions come from `routing.py`; this module only dispatches and combines.
+
+Dispatch and expert parallelism. Tokens [B, S, d] are regrouped into G routing groups [G, N, d]
+(batch-level EC: G = config.moe.num_groups, by default one group per batch shard of the mesh, i.e. the
+tokens one data-parallel replica holds, as in the original; sequence-level EC: G = B). Routing runs
+where the group lives (groups sharded over data x fsdp x expert). Dispatch gathers each expert's C
+tokens into [G, E, C, d] locally, then a sharding constraint moves the expert axis onto the mesh axis
+`expert` (groups stay on data x fsdp): XLA turns that reshard into one all-to-all over `expert`. Each
+device runs its experts on [G/(data*fsdp), E/expert, C, d] with its shard of the expert weights
+[E/expert, d, f]; a second constraint sends results back (the reverse all-to-all) and a local
+scatter-add combines them. We use sharding constraints rather than shard_map so the same code runs
+unchanged on any mesh, including one device.
+
+Dropless token choice sorts all assignments by expert and runs `jax.lax.ragged_dot` (grouped matmul):
+exact and memory-linear, but its sort is global, so with expert parallelism at scale use token choice
+with a capacity factor (the same slot layout and all-to-all as EC).
+
+Auxiliary losses (router z-loss, TC load balance, EC token-wise balance) and routing statistics are
+sown into the `moe_losses` and `moe_stats` collections; the objective adds the losses to the loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from openmoe2_jax.models import layers, routing
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """A resolved config.moe (static: hashable, no -1/0 placeholders left)."""
+    num_experts: int
+    num_shared: int
+    expert_mlp_dim: int
+    shared_mlp_dim: int           # fused shared-expert width (0 when num_shared = 0)
+    shared_gating: str            # none | router
+    top_k: int
+    routing: str                  # ec | tc
+    ec_group: str                 # batch | sequence
+    num_groups: int               # batch-level EC groups (resolved against the mesh)
+    ec_capacity_factor: float
+    tc_capacity_factor: float     # 0 = dropless
+    router: str                   # softmax | sigmoid | pre_softmax
+    z_loss: float
+    tc_balance_loss: float
+    ec_balance_loss: float
+    scaling: tuple | float | None  # EC: table indexed by n_t; TC: a constant; None = off
+    topk_impl: str
+
+
+class MoEFFN(nn.Module):
+    """x [B, S, d] -> [B, S, d]."""
+    cfg: MoEConfig
+    init_std: float
+    out_std: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _expert_weights(self, d):
+        """Stacked routed-expert SwiGLU weights: gate/up [E, d, f], down [E, f, d]."""
+        c = self.cfg
+        init = layers.normal_init(self.init_std)
+        shape_in, shape_out = (c.num_experts, d, c.expert_mlp_dim), (c.num_experts, c.expert_mlp_dim, d)
+        axes_in, axes_out = ("exp", "embed", "mlp"), ("exp", "mlp", "embed")
+        w_gate = layers.param_with_axes(self, "w_gate", init, shape_in, axes_in, self.param_dtype)
+        w_up = layers.param_with_axes(self, "w_up", init, shape_in, axes_in, self.param_dtype)
+        w_down = layers.param_with_axes(self, "w_down", layers.normal_init(self.out_std), shape_out,
+                                        axes_out, self.param_dtype)
+        return w_gate.astype(self.dtype), w_up.astype(self.dtype), w_down.astype(self.dtype)
+
+    def _experts(self, x):
+        """Routed experts on slot layout x [G, E, C, d] -> [G, E, C, d]."""
+        w_gate, w_up, w_down = self._expert_weights(x.shape[-1])
+        gate = jnp.einsum("gecd,edf->gecf", x, w_gate)
+        up = jnp.einsum("gecd,edf->gecf", x, w_up)
+        h = nn.with_logical_constraint(jax.nn.silu(gate) * up,
+                                       ("activation_group", "activation_exp", None, "activation_mlp"))
+        return jnp.einsum("gecf,efd->gecd", h, w_down)
+
+    def _experts_ragged(self, x_sorted, group_sizes):
+        """Routed experts on assignments sorted by expert: [A, d] -> [A, d] (grouped matmul)."""
+        w_gate, w_up, w_down = self._expert_weights(x_sorted.shape[-1])
+        gate = jax.lax.ragged_dot(x_sorted, w_gate, group_sizes)
+        up = jax.lax.ragged_dot(x_sorted, w_up, group_sizes)
+        return jax.lax.ragged_dot(jax.nn.silu(gate) * up, w_down, group_sizes)
+
+    @nn.compact
+    def __call__(self, x, valid=None):
+        c = self.cfg
+        B, S, d = x.shape
+        G = B if (c.routing == "ec" and c.ec_group == "sequence") else c.num_groups
+        N = B * S // G
+        x = x.astype(self.dtype)
+        xg = nn.with_logical_constraint(x.reshape(G, N, d), ("activation_batch", None, "activation_embed"))
+        selectable = None if valid is None else valid.reshape(G, N)
+
+        n_router = c.num_experts + (c.num_shared if c.shared_gating == "router" else 0)
+        w_router = layers.param_with_axes(self, "router", layers.normal_init(self.init_std),
+                                          (d, n_router), ("embed", None), self.param_dtype)
+        logits = jnp.einsum("gnd,de->gne", xg.astype(jnp.float32), w_router.astype(jnp.float32))
+        routed_logits = logits[..., :c.num_experts]
+        shared_logits = logits[..., c.num_experts:] if c.shared_gating == "router" else None
+
+        stats, losses, shared_gate = {}, {}, None
+        if c.routing == "ec":
+            capacity = routing.ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
+            plan, shared_gate = routing.expert_choice(
+                routed_logits, capacity, c.router, scaling=c.scaling, selectable=selectable,
+                shared_logits=shared_logits, topk_impl=c.topk_impl)
+            if c.ec_balance_loss:
+                losses["ec_balance_loss"] = c.ec_balance_loss * routing.ec_token_balance_loss(
+                    routed_logits, plan.experts_per_token, c.top_k)
+            y = self._dispatch_combine(xg, plan)
+            n_t = plan.experts_per_token
+        else:
+            scale = c.scaling if c.scaling is not None else 1.0
+            expert, gate, shared_gate = routing.token_choice(routed_logits, c.top_k, c.router, scale,
+                                                             shared_logits)
+            if c.tc_balance_loss:
+                losses["tc_balance_loss"] = c.tc_balance_loss * routing.tc_load_balance_loss(
+                    routed_logits, expert, c.num_experts)
+            if c.tc_capacity_factor > 0:
+                capacity = routing.tc_capacity(N, c.num_experts, c.top_k, c.tc_capacity_factor)
+                plan, kept = routing.token_choice_slots(expert, gate, c.num_experts, capacity)
+                stats["dropped_fraction"] = 1.0 - kept.mean()
+                y = self._dispatch_combine(xg, plan)
+                n_t = plan.experts_per_token
+            else:
+                y = self._dropless(xg.reshape(G * N, d), expert.reshape(G * N, -1),
+                                   gate.reshape(G * N, -1)).reshape(G, N, d)
+                stats["dropped_fraction"] = jnp.zeros(())
+                n_t = jnp.full((G, N), c.top_k, jnp.int32)
+
+        if c.z_loss:
+            losses["z_loss"] = c.z_loss * routing.z_loss(logits)
+        y = y + self._shared(xg, shared_gate)
+
+        # Statistics of this layer (means over groups), for TensorBoard.
+        n_f = n_t.astype(jnp.float32)
+        stats.update(
+            experts_per_token_mean=n_f.mean(), experts_per_token_min=n_f.min(),
+            experts_per_token_max=n_f.max(), experts_per_token_std=n_f.std(),
+            zero_expert_fraction=(n_t == 0).mean(),
+            router_entropy=routing.router_entropy(routed_logits),
+        )
+        if c.routing == "ec" or c.tc_capacity_factor > 0:
+            per_expert = plan.used.sum(axis=2).astype(jnp.float32)          # [G, E]
+            stats.update(tokens_per_expert_min=per_expert.min(), tokens_per_expert_max=per_expert.max())
+        for k, v in {**stats, **losses}.items():
+            self.sow("moe_stats", k, v)
+        for k, v in losses.items():
+            self.sow("moe_losses", k, v)
+        return y.reshape(B, S, d)
+
+    def _dispatch_combine(self, xg, plan: routing.SlotPlan):
+        """Gather slots, run experts (expert-parallel), scatter-add gated outputs back to tokens."""
+        G, N, d = xg.shape
+        slots = jax.vmap(lambda x, t: x[t])(xg, plan.token)                        # [G, E, C, d]
+        slots = nn.with_logical_constraint(slots, ("activation_batch", None, None, "activation_embed"))
+        slots = nn.with_logical_constraint(slots, ("activation_group", "activation_exp", None, "activation_embed"))
+        out = self._experts(slots)
+        out = out * jnp.where(plan.used, plan.gate, 0.0)[..., None].astype(out.dtype)
+        out = nn.with_logical_constraint(out, ("activation_group", "activation_exp", None, "activation_embed"))
+        out = nn.with_logical_constraint(out, ("activation_batch", None, None, "activation_embed"))
+        combine = lambda t, o: jnp.zeros((N, d), o.dtype).at[t.reshape(-1)].add(o.reshape(-1, d))
+        return jax.vmap(combine)(plan.token, out)                                    # [G, N, d]
+
+    def _dropless(self, x, expert, gate):
+        """x [T, d], expert/gate [T, k] -> [T, d], every assignment computed (sort + ragged_dot)."""
+        T, k = expert.shape
+        flat = expert.reshape(-1)
+        order = jnp.argsort(flat, stable=True)
+        token = order // k
+        sizes = jnp.bincount(flat, length=self.cfg.num_experts).astype(jnp.int32)
+        out = self._experts_ragged(x[token], sizes)                                  # [T k, d]
+        out = out * gate.reshape(-1)[order][:, None].astype(out.dtype)
+        return jnp.zeros_like(x).at[token].add(out)
+
+    def _shared(self, xg, shared_gate):
+        """Shared experts: fused SwiGLU added with weight 1, or per-expert MLPs weighted by gates."""
+        c = self.cfg
+        if c.num_shared == 0:
+            return jnp.zeros_like(xg)
+        if c.shared_gating == "none":
+            return layers.SwiGLU(c.shared_mlp_dim, self.init_std, self.out_std, self.dtype,
+                                 self.param_dtype, name="shared")(xg)
+        d, f = xg.shape[-1], c.shared_mlp_dim // c.num_shared
+        init = layers.normal_init(self.init_std)
+        w_gate = layers.param_with_axes(self, "shared_w_gate", init, (c.num_shared, d, f), (None, "embed", "mlp"), self.param_dtype)
+        w_up = layers.param_with_axes(self, "shared_w_up", init, (c.num_shared, d, f), (None, "embed", "mlp"), self.param_dtype)
+        w_down = layers.param_with_axes(self, "shared_w_down", layers.normal_init(self.out_std),
+                                        (c.num_shared, f, d), (None, "mlp", "embed"), self.param_dtype)
+        dt = self.dtype
+        h = jax.nn.silu(jnp.einsum("gnd,sdf->gnsf", xg, w_gate.astype(dt))) * jnp.einsum(
+            "gnd,sdf->gnsf", xg, w_up.astype(dt))
+        out = jnp.einsum("gnsf,sfd->gnsd", h, w_down.astype(dt))
+        return jnp.einsum("gnsd,gns->gnd", out, shared_gate.astype(dt))

@@ -1,0 +1,40 @@
+"""The README's main command, at reduced steps: progress, TensorBoard events, checkpoints, summary."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+@pytest.mark.slow
+def test_readme_main_command_trains_the_tiny_default(tmp_path):
+    workdir = tmp_path / "tiny"
+    out = subprocess.run(
+        [sys.executable, "-m", "openmoe2_jax.train", f"--workdir={workdir}",
+         "--config.train.steps=4", "--config.train.warmup_steps=1", "--config.log_every_steps=2",
+         "--config.eval.every_steps=2", "--config.checkpoint.every_steps=2"],
+        capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    progress = [l for l in lines if l.startswith("step ") and "tok/s" in l]
+    assert len(progress) == 2 and "ETA" in progress[0] and "loss" in progress[0]
+    assert any("validation loss" in l for l in lines)
+    assert lines[-1].startswith("done: 4 steps") and "tokens seen" in lines[-1] and "wall" in lines[-1]
+
+    acc = EventAccumulator(str(workdir / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss",
+                "perf/tokens_per_second", "perf/step_seconds", "perf/model_flops_per_second"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4]
+    assert [e.step for e in acc.Scalars("eval/loss")] == [2, 4]
+
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [2, 4]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 8 * 128
+    assert 0 < summary["final_validation_loss"] < 20
+    assert json.loads((workdir / "config.json").read_text())["model"]["d_model"] == 128
