@@ -45,6 +45,13 @@ CONFIG_CASES = [
     (lambda c: c.mesh.update(data=2, expert=2), "multiply to 4 devices but 8 are available"),
     (lambda c: c.__setitem__("seed", -1), "config.seed = -1"),
     (lambda c: c.model.__setitem__("vocab_size", 1000), "config.model.vocab_size = 1000 is smaller"),
+    (lambda c: c.moe.__setitem__("top_k", 9), "config.moe.top_k = 9 exceeds config.moe.num_experts = 4"),
+    (lambda c: c.moe.update(routing="tc", router="pre_softmax"), "'pre_softmax' is an expert-choice gate"),
+    (lambda c: c.moe.update(routing="tc", top_k=1), "top_k = 1 with a post-softmax token-choice"),
+    (lambda c: c.moe.update(num_experts=5, top_k=2), "num_experts = 5 is not divisible by the mesh's expert"),
+    (lambda c: c.moe.update(num_groups=3), "num_groups = 3 does not split"),
+    (lambda c: c.moe.__setitem__("routing", "hash"), "config.moe.routing = 'hash'"),
+    (lambda c: c.objective.__setitem__("kind", "ar"), "leaks the future into a causal model"),
 ]
 
 
@@ -55,6 +62,7 @@ def test_bad_config_is_refused_before_anything_runs(config, tmp_path, override, 
     (workdir / "notes.txt").write_text("keep me")
     before = snapshot(workdir)
     config.unlock()
+    config.mesh.update(data=-1, expert=2)  # 4 x 2 on the 8 test devices
     override(config)
     with pytest.raises(validation.ConfigError, match=message):
         loop.train(config, str(workdir), log=quiet)

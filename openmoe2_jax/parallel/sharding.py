@@ -59,6 +59,11 @@ def logical_sharding(tree, mesh: Mesh, rules=RULES):
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways the batch is split (data x fsdp x expert): one batch-level EC group each."""
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """[batch, seq] arrays: batch over data x fsdp x expert."""
     return NamedSharding(mesh, P(BATCH_AXES, None))

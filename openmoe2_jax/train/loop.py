@@ -13,6 +13,7 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from openmoe2_jax import flops, validation
@@ -20,7 +21,7 @@ from openmoe2_jax.data import pipeline
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import checkpoint, optimizer, state as state_lib, step as step_lib
+from openmoe2_jax.train import checkpoint, optimizer, state as state_lib, step as step_lib, upcycle
 
 
 @dataclasses.dataclass
@@ -74,7 +75,8 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
     num_processes, process = jax.process_count(), jax.process_index()
     validation.validate(config, num_devices=jax.device_count(), num_processes=num_processes)
     tokenizer = get_tokenizer(config.data.tokenizer)
-    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids)
+    mesh = sharding.make_mesh(config.mesh)
+    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh))
     seq_len, batch = config.data.seq_len, config.train.batch_size
 
     # Data.
@@ -95,7 +97,6 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
     # Model, optimizer, mesh.
     model = Transformer(model_cfg)
     tx = optimizer.make(config.train)
-    mesh = sharding.make_mesh(config.mesh)
     init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
 
     os.makedirs(workdir, exist_ok=True)
@@ -109,7 +110,14 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
             state = ckpts.restore(resumed_from, abstract, train_iter)
             log(f"resumed from {ckpts.directory}/{resumed_from}")
         else:
+            dense = (upcycle.load_dense_params(config.moe.upcycle_from)
+                     if config.model.ffn == "moe" and config.moe.upcycle_from else None)
             state = state_lib.create(init, state_shardings)
+            if dense is not None:
+                fresh = multihost_utils.process_allgather(state.params, tiled=True)
+                params = upcycle.upcycle_params(fresh, dense, config.moe.upcycle_method)
+                state = state.replace(params=jax.device_put(params, state_shardings.params))
+                log(f"upcycled from {config.moe.upcycle_from} ({config.moe.upcycle_method})")
         if process == 0:
             _write_config(config, workdir)
         counts = flops.param_counts(model_cfg)
