@@ -307,3 +307,29 @@ def test_moe_step_temporary_memory_grows_linearly_in_tokens(config, routing_kind
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
     # Doubling the tokens at most about doubles the temporaries (quadratic would be 4x).
     assert temps[1] / temps[0] < 2.3 and temps[2] / temps[1] < 2.3, temps
+
+
+@pytest.mark.slow
+def test_upcycling_run_starts_from_the_dense_checkpoint(config, tmp_path):
+    """The trainer's upcycling path: config.moe.upcycle_from names a finished dense run."""
+    import orbax.checkpoint as ocp
+    from openmoe2_jax.train import loop
+    quiet = lambda *a: None
+    dense_cfg = config.copy_and_resolve_references()
+    dense_cfg.model.update(ffn="dense", mlp_dim=16)
+    dense_cfg.train.steps = 3
+    loop.train(dense_cfg, str(tmp_path / "dense"), log=quiet)
+    config.moe.update(num_experts=4, expert_mlp_dim=16, top_k=2, upcycle_from=str(tmp_path / "dense"))
+    config.train.update(steps=1, warmup_steps=1)  # the first update has learning rate 0
+    loop.train(config, str(tmp_path / "moe"), log=quiet)
+    read = lambda d, s: ocp.StandardCheckpointer().restore(str(tmp_path / d / "checkpoints" / str(s) / "state"))["params"]
+    dense, moe = read("dense", 3), read("moe", 1)
+    np.testing.assert_array_equal(moe["embedding"], dense["embedding"])
+    np.testing.assert_array_equal(moe["layer_1"]["attn"]["wq"], dense["layer_1"]["attn"]["wq"])
+    for e in range(4):
+        np.testing.assert_array_equal(moe["layer_1"]["moe"]["w_up"][e], dense["layer_1"]["ffn"]["w_up"])
+    assert np.all(moe["layer_0"]["moe"]["shared"]["w_down"] == 0)
+    # A workdir that is not a dense run is refused with its name.
+    config.moe.upcycle_from = str(tmp_path / "moe")
+    with pytest.raises(upcycle.CheckpointError, match="is an MoE run"):
+        loop.train(config, str(tmp_path / "moe2"), log=quiet)

@@ -130,3 +130,20 @@ def test_ar_loss_is_mean_shifted_ce():
     logp = np_log_softmax(logits)
     expected = np.mean([-logp[i, j, tokens[i, j + 1]] for i in range(b) for j in range(s - 1)])
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    from openmoe2_jax.train import optimizer
+    t = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1))
+    lr = optimizer.schedule(t)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5) and float(lr(10)) == pytest.approx(1.0)
+    assert float(lr(60)) == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-5)
+    assert float(lr(110)) == pytest.approx(0.1)
+    t.update(warmup_steps=5, steps=5)
+    assert float(optimizer.schedule(t)(5)) == pytest.approx(1.0)
+
+
+def test_weight_decay_skips_norm_scales():
+    from openmoe2_jax.train import optimizer
+    mask = optimizer.decay_mask({"w": jnp.ones((2, 2)), "norm": {"scale": jnp.ones(2)}})
+    assert mask == {"w": True, "norm": {"scale": False}}

@@ -10,7 +10,8 @@ def schedule(train_config) -> optax.Schedule:
     t = train_config
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
-        decay_steps=t.steps, end_value=t.learning_rate * t.min_lr_ratio)
+        # (optax needs a decay phase: warmup_steps = steps leaves one step of it, never taken)
+        decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.learning_rate * t.min_lr_ratio)
 
 
 def decay_mask(params):
