@@ -92,6 +92,10 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict(dict(
         every_steps=1000,
         num_batches=8,             # validation batches (fixed rows, fixed masks)
+        mc_samples=1,              # diffusion: corruptions per validation row (ELBO samples)
+        seed=0,                    # fixes the validation masks, independent of the training seed
+        hellaswag_file="",         # hellaswag_val.jsonl for `python -m openmoe2_jax.eval --task=hellaswag`
+        mmlu_dir="",               # the MMLU 'data' directory (dev/, val/) for --task=mmlu
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(

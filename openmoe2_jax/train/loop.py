@@ -19,6 +19,7 @@ from tensorboardX import SummaryWriter
 from openmoe2_jax import flops, validation
 from openmoe2_jax.data import pipeline
 from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.train import checkpoint, optimizer, state as state_lib, step as step_lib, upcycle
@@ -47,8 +48,8 @@ def _write_config(config, workdir: str) -> None:
 
 
 def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
-    """The jitted train step (state, batch) -> (state, metrics) and eval step
-    (params, batch, batch_index) -> metrics, with their shardings on `mesh`."""
+    """The jitted train step (state, batch) -> (state, metrics) and validation step
+    (params, batch, batch_index) -> per-row nats (eval/likelihood.py), with their shardings on `mesh`."""
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
         functools.partial(step_lib.train_step, model=model, tx=tx,
@@ -58,9 +59,8 @@ def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0)
     eval_step = jax.jit(
-        functools.partial(step_lib.eval_step, model=model,
-                          objective_cfg=step_lib.frozen_objective(config.objective, evaluation=True),
-                          mask_id=mask_id, eval_seed=config.seed + 1),
+        likelihood.make_validation_fn(model, step_lib.frozen_objective(config.objective, evaluation=True),
+                                      mask_id, config.eval.seed, config.eval.mc_samples),
         in_shardings=(state_shardings.params, batch_sharding, None),
         out_shardings=sharding.replicated(mesh))
     return train_step, eval_step
@@ -134,8 +134,10 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
             return jax.make_array_from_process_local_data(batch_sharding, local)
 
         def evaluate(params) -> float:
+            """Validation nats/token (diffusion: the ELBO estimate with fixed masks)."""
             results = [eval_step(params, to_global(b), i) for i, b in enumerate(val_batches)]
-            return float(step_lib.mean_metrics(results)["loss"])
+            return (sum(float(r["nats"].sum()) for r in results) /
+                    sum(float(r["tokens"].sum()) for r in results))
 
         writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if process == 0 else None
         first = int(state.step)

@@ -49,22 +49,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective_cfg, 
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, batch_index, *, model, objective_cfg, mask_id, eval_seed: int):
-    """Validation loss of one batch with corruption fixed by (eval_seed, batch_index): comparable
-    across checkpoints and runs."""
-    loss_fn = objectives.loss_fn(objective_cfg.kind)
-    rng = jax.random.fold_in(jax.random.PRNGKey(eval_seed), batch_index)
-    _, metrics = loss_fn(apply_fn(model), params, batch, rng, objective_cfg, mask_id)
-    return dict(metrics, loss=metrics["objective_loss"])  # without the auxiliary router losses
-
-
 def frozen_objective(objective_config, evaluation: bool = False) -> ml_collections.FrozenConfigDict:
     """A static, hashable view of config.objective for tracing (no random length in evaluation)."""
     d = objective_config.to_dict()
     if evaluation:
         d["random_length_prob"] = 0.0
     return ml_collections.FrozenConfigDict(d)
-
-
-def mean_metrics(metrics_list):
-    return jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *metrics_list)

@@ -1,0 +1,1 @@
+"""Evaluation: likelihoods (validation ELBO / NLL, conditional log-likelihood), benchmarks, generation."""
