@@ -230,3 +230,36 @@ def test_memorised_text_is_regenerated_by_the_diffusion_sampler(config):
     fast = generate.diffusion_generate(forward, prompt, seq - 3, 2, seq - 3, tok.mask_id, tok.num_ids,
                                        tok.eot_id, decode=tok.decode)
     assert fast.forward_passes == 2 and all(0 <= t < tok.num_ids for t in fast.tokens)
+
+
+@pytest.mark.slow
+def test_eval_and_sample_clis_on_a_trained_workdir(config, tmp_path):
+    from openmoe2_jax.train import loop
+    _write_fixtures(tmp_path)
+    workdir = str(tmp_path / "run")
+    config.train.steps = 2
+    loop.train(config, workdir, log=lambda *a: None)
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+
+    def run(module, *flags):
+        out = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *flags],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    text = [json.loads(run("openmoe2_jax.eval", "--task=text", "--batch_rows=2", "--limit=2",
+                           "--mc_samples=2")) for _ in range(2)]
+    assert text[0]["nats_per_token"] == text[1]["nats_per_token"] > 0  # same checkpoint + seed
+    assert text[0]["estimator"] == "elbo_2_samples" and text[0]["bits_per_byte"] > 0
+    hs = json.loads(run("openmoe2_jax.eval", "--task=hellaswag",
+                        f"--data={tmp_path / 'hellaswag_val.jsonl'}", "--mc_samples=3"))
+    assert hs["num_questions"] == 2 and 0 <= hs["acc"] <= 1 and hs["estimator"] == "monte_carlo_3_samples"
+    proxy = json.loads(run("openmoe2_jax.eval", "--task=mmlu", f"--data={tmp_path / 'mmlu'}",
+                           "--shots=5", "--proxy"))
+    assert proxy["estimator"].startswith("proxy") and proxy["num_questions"] == 2
+    assert os.path.exists(os.path.join(workdir, "eval", "mmlu_5shot.json"))
+    out = run("openmoe2_jax.sample", "--prompt=In the beginning", "--length=8", "--steps=4")
+    assert out.startswith("In the beginning") and "4 forward passes" in out
+    bad = subprocess.run([sys.executable, "-m", "openmoe2_jax.eval", f"--workdir={workdir}",
+                          "--task=hellaswag"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "github.com/rowanz/hellaswag" in bad.stderr and "Traceback" not in bad.stderr

@@ -2,8 +2,13 @@
 
 Importing this module imports seqio and TensorFlow (the `seqio` install extra); training never does.
 Tasks registered (names prefixed `openmoe2_`):
-  openmoe2_bible_text   {"targets": ids} per KJV chapter (train / validation split by document,
-                        the same split training uses).
+  openmoe2_bible_text      {"targets": ids} per KJV chapter (train / validation split by document,
+                           the same split training uses): the text validation task.
+  openmoe2_hellaswag       one example per (question, choice): inputs = context, targets = choice,
+                           with `idx` (question) and `is_correct`; score-based metrics acc / acc_norm.
+  openmoe2_mmlu_{k}shot    the same for MMLU's val split with k dev examples in the prompt.
+A seqio user scores the examples with the model's log-likelihood of `targets` given `inputs` (what
+`python -m openmoe2_jax.eval` computes) and seqio's evaluator applies the metric functions.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import seqio
 import tensorflow as tf
 
 from openmoe2_jax.data import pipeline, sources
+from openmoe2_jax.eval import benchmarks
 from openmoe2_jax.data.tokenizer import get_tokenizer
 
 
@@ -90,3 +96,64 @@ def register_tasks(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
             output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)},
         )
     return [name]
+
+
+def _choice_examples(questions) -> tf.data.Dataset:
+    rows = dict(idx=[], choice=[], inputs=[], targets=[], is_correct=[], num_chars=[])
+    for qi, q in enumerate(questions):
+        for ci, choice in enumerate(q.choices):
+            rows["idx"].append(qi)
+            rows["choice"].append(ci)
+            rows["inputs"].append(q.context)
+            rows["targets"].append(choice)
+            rows["is_correct"].append(ci == q.label)
+            rows["num_chars"].append(len(choice))
+    return tf.data.Dataset.from_tensor_slices({k: np.asarray(v) for k, v in rows.items()})
+
+
+def multiple_choice_metrics(targets, scores):
+    """acc and acc_norm from per-example log-likelihood `scores`; `targets` are the examples'
+    (idx, is_correct, num_chars) as returned by the postprocessor."""
+    best, best_norm = {}, {}
+    for (idx, correct, chars), score in zip(targets, scores):
+        norm = score / max(chars, 1)
+        if idx not in best or score > best[idx][0]:
+            best[idx] = (score, correct)
+        if idx not in best_norm or norm > best_norm[idx][0]:
+            best_norm[idx] = (norm, correct)
+    n = max(len(best), 1)
+    return {"acc": sum(c for _, c in best.values()) / n, "acc_norm": sum(c for _, c in best_norm.values()) / n}
+
+
+def _choice_postprocessor(output, example=None, is_target=False):
+    if is_target:
+        return int(example["idx"]), bool(example["is_correct"]), int(example["num_chars"])
+    return output
+
+
+def register_eval_tasks(hellaswag_file: str = "", mmlu_dir: str = "", shots=(0, 5),
+                        vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+    """Registers openmoe2_hellaswag and openmoe2_mmlu_{k}shot for the given data (idempotent)."""
+    vocabulary = vocabulary or Cl100kVocabulary()
+    features = {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+                "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)}
+    readers = {}
+    if hellaswag_file:
+        readers["openmoe2_hellaswag"] = lambda: benchmarks.read_hellaswag(hellaswag_file)
+    if mmlu_dir:
+        for k in shots:
+            readers[f"openmoe2_mmlu_{k}shot"] = functools.partial(benchmarks.read_mmlu, mmlu_dir, "val", k)
+    for name, read in readers.items():
+        if name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(
+            name,
+            source=seqio.FunctionDataSource(
+                lambda split, shuffle_files=False, seed=None, read=read: _choice_examples(read()),
+                splits=("validation",)),
+            preprocessors=[seqio.preprocessors.tokenize],
+            output_features=features,
+            postprocess_fn=_choice_postprocessor,
+            metric_fns=[multiple_choice_metrics],
+        )
+    return list(readers)

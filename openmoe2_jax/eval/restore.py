@@ -5,13 +5,17 @@ import dataclasses
 import json
 import os
 
+import flax.linen as nn
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from openmoe2_jax import validation
 from openmoe2_jax.data.tokenizer import Tokenizer, get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
-from openmoe2_jax.train.checkpoint import CheckpointError
+from openmoe2_jax.parallel import sharding
+from openmoe2_jax.train import optimizer, state as state_lib
+from openmoe2_jax.train.checkpoint import CheckpointError, Checkpoints
 
 
 @dataclasses.dataclass
@@ -44,20 +48,31 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def load(workdir: str, step: int | None = None, batch_shards: int = 1) -> Trained:
-    """The model and params of `workdir`'s latest (or given) checkpoint, on the default device."""
+def load(workdir: str, step: int | None = None, devices=None) -> Trained:
+    """The model and params of `workdir`'s latest (or given) checkpoint.
+
+    The params are restored onto a data-parallel mesh over `devices` (default: the first device),
+    whatever mesh wrote them. Batch-level EC then routes over each evaluation batch.
+    """
     config = load_config(workdir)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = ocp.CheckpointManager(ckpt_dir, item_names=("state",)).all_steps() if os.path.isdir(ckpt_dir) else []
+    steps = Checkpoints(ckpt_dir, None, False, read_only=True).all_steps() if os.path.isdir(ckpt_dir) else []
     if not steps:
         raise CheckpointError(f"{ckpt_dir} holds no checkpoint.")
     step = max(steps) if step is None else step
     if step not in steps:
         raise CheckpointError(f"{ckpt_dir} has no step {step}; it has {sorted(steps)}.")
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    devices = devices or jax.devices()[:1]
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, expert=1, tensor=1), devices)
+    model = Transformer(ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh)))
+    init = state_lib.init_fn(model, optimizer.make(config.train), config.seed, 1, config.data.seq_len)
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+        abstract, _ = state_lib.abstract_state(init, mesh)
+    checkpoints = Checkpoints(ckpt_dir, keep=None, async_save=False, read_only=True)
+    checkpoints.check_compatible(step, abstract)
     try:
-        state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+        state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"), abstract)
     except Exception as e:  # orbax raises several types for a damaged checkpoint
         raise CheckpointError(f"{ckpt_dir}/{step} could not be restored: {e}") from e
-    tokenizer = get_tokenizer(config.data.tokenizer)
-    model = Transformer(ModelConfig.from_config(config, tokenizer.num_ids, batch_shards))
-    return Trained(config=config, tokenizer=tokenizer, model=model, params=state["params"], step=step)
+    return Trained(config=config, tokenizer=tokenizer, model=model, params=state.params, step=step)

@@ -21,7 +21,7 @@ def _handlers():
 
 
 class Checkpoints:
-    def __init__(self, directory: str, keep: int, async_save: bool):
+    def __init__(self, directory: str, keep: int | None, async_save: bool, read_only: bool = False):
         directory = os.path.abspath(directory)
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
@@ -29,11 +29,14 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
         self.directory = directory
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=True)
+                                               create=not read_only, read_only=read_only)
         self._mngr = ocp.CheckpointManager(directory, item_handlers=_handlers(), options=options)
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
 
     def save(self, step: int, state, data_iterator) -> None:
         self._mngr.save(step, args=ocp.args.Composite(

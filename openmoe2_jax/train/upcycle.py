@@ -20,7 +20,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-from openmoe2_jax.train.checkpoint import CheckpointError
+from openmoe2_jax.train.checkpoint import CheckpointError, Checkpoints
 
 
 def load_dense_params(workdir: str) -> dict:
@@ -36,8 +36,7 @@ def load_dense_params(workdir: str) -> dict:
         if ffn != "dense":
             raise CheckpointError(f"config.moe.upcycle_from = {workdir!r} is an MoE run "
                                   f"(model.ffn = {ffn!r}); upcycling starts from a dense run.")
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state",))
-    step = mngr.latest_step()
+    step = Checkpoints(ckpt_dir, None, False, read_only=True).latest_step()
     if step is None:
         raise CheckpointError(f"config.moe.upcycle_from = {workdir!r}: {ckpt_dir} holds no checkpoint.")
     restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
