@@ -11,6 +11,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from openmoe2_jax import validation
+from openmoe2_jax.configs import base
 from openmoe2_jax.data.tokenizer import Tokenizer, get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
@@ -35,15 +36,29 @@ def _to_tuples(value):
     return value
 
 
+def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
+    for key, value in saved.items():
+        if key not in into:
+            raise CheckpointError(f"the saved config has config.{prefix}{key}, which this version does "
+                                  "not know.")
+        if isinstance(value, dict):
+            _merge(into[key], value, f"{prefix}{key}.")
+        else:
+            into[key] = value
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config.json over the current defaults (fields added since the run take defaults)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"--workdir={workdir!r} has no config.json: not a training workdir.")
     with open(path) as f:
         try:
-            config = ml_collections.ConfigDict(_to_tuples(json.load(f)))
+            saved = _to_tuples(json.load(f))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    config = base.get_config()
+    _merge(config, saved)
     validation.validate(config)
     return config
 
