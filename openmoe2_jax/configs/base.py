@@ -35,7 +35,7 @@ def get_config(arg=None):
         routing="ec",              # ec (expert choice) | tc (token choice)
         num_experts=64,            # routed experts E
         num_shared_experts=2,
-        expert_mlp_dim=768,        # f, the SwiGLU width of one expert
+        expert_mlp_dim=640,        # f, the SwiGLU width of one expert (8.15B total / 1.76B active)
         shared_mlp_dim=0,          # fused shared width; 0 = num_shared_experts * expert_mlp_dim
         shared_gating="none",      # none: shared output added with weight 1 | router: shared experts
                                    # get router logits and share the gate normalisation
@@ -74,6 +74,7 @@ def get_config(arg=None):
         seq_len=4096,
         validation_fraction=0.01,  # fraction of documents held out (deterministic by document)
         num_epochs=1,              # passes over the training tokens; 0 = repeat without end
+        max_train_tokens=0,        # keep only the first N training tokens (unique-data budget); 0 = all
     ))
 
     c.train = ml_collections.ConfigDict(dict(

@@ -89,12 +89,21 @@ class Corpus:
 
 
 def load_corpus(data_config, tokenizer: Tokenizer, seed: int) -> Corpus:
-    """Reads and tokenizes the configured corpus, or memory-maps a prepared one."""
+    """Reads and tokenizes the configured corpus, or memory-maps a prepared one; keeps only the first
+    `data_config.max_train_tokens` training tokens when that is set (a unique-token budget)."""
     if data_config.source == "prepared":
-        return load_prepared(data_config.paths[0], data_config, tokenizer)
-    docs = list(sources.read_documents(data_config.source, data_config.paths, data_config.text_field))
-    train, val, counts = tokenize_and_split(docs, tokenizer, data_config.validation_fraction, seed)
-    return Corpus(train, val, counts)
+        corpus = load_prepared(data_config.paths[0], data_config, tokenizer)
+    else:
+        docs = list(sources.read_documents(data_config.source, data_config.paths, data_config.text_field))
+        corpus = Corpus(*tokenize_and_split(docs, tokenizer, data_config.validation_fraction, seed))
+    limit = data_config.max_train_tokens
+    if limit:
+        if limit > len(corpus.train):
+            raise sources.CorpusError(
+                f"config.data.max_train_tokens = {limit:,} exceeds the {len(corpus.train):,} training "
+                "tokens of the corpus.")
+        corpus = Corpus(corpus.train[:limit], corpus.validation, dict(corpus.counts, train_tokens=limit))
+    return corpus
 
 
 def write_prepared(out_dir: str, corpus: Corpus, tokenizer: Tokenizer, data_config, seed: int) -> None:

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import tiktoken
 
+CL100K_NUM_IDS = 100277  # ids of cl100k_base (EOT 100257); checked against the encoding in the tests
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 
 

@@ -1,0 +1,23 @@
+"""Section 6: expert granularity at constant total and active parameters (E / 4, E, 4 E routed
+experts: paper 16 / 64 / 256; tiny 4 / 16 / 64), via configs.derive.with_granularity."""
+from openmoe2_jax.configs import derive
+from openmoe2_jax.configs.ablations import build, ec, loss
+
+SECTION = 6
+TITLE = "expert granularity"
+QUESTION = "At constant total and active parameters, how many (finer) experts is best?"
+PUBLISHED = "rises then falls (64 experts best of 16 / 64 / 256)"
+VARIANTS = {
+    "ec_16e": lambda c: derive.with_granularity(c, c.moe.num_experts // 4),
+    "ec": ec,
+    "ec_256e": lambda c: derive.with_granularity(c, c.moe.num_experts * 4),
+}
+
+
+def direction(r):
+    return (loss(r, "ec") < loss(r, "ec_16e") and loss(r, "ec") < loss(r, "ec_256e"),
+            "the middle granularity (ec) below both")
+
+
+def get_config(arg=None):
+    return build(VARIANTS, arg, "ec")

@@ -1,0 +1,1 @@
+"""Experiments: the registry of experiment IDs (section/variant) and the table reproduction."""

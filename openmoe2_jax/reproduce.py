@@ -1,0 +1,10 @@
+"""python -m openmoe2_jax.reproduce --section=N --scale=tiny --workdir=runs/ [--collect_only]
+
+(The command lives in openmoe2_jax/experiments/reproduce.py.)
+"""
+from absl import app
+
+from openmoe2_jax.experiments.reproduce import main
+
+if __name__ == "__main__":
+    app.run(main)
