@@ -4,8 +4,8 @@ k, router, losses) and changes the size, the data budget and the schedule.
   paper  SCIENCE.md §3: 28 x 2048, 64 + 2 experts of 640, k = 6 (8.15B total / 1.76B active),
          seq 4096, batch 1024, 24,000 steps (~100B tokens, 1 epoch), bf16.
   small  one host: 8 x 512, 64 + 2 experts of 128, k = 6, seq 1024, batch 64, 5,000 steps.
-  tiny   this 2-core CPU, about 2 minutes a run: 4 x 64, 16 + 2 experts of 32, k = 2 (active FFN
-         (2 + 2) x 32 = 128 = the dense width), seq 128, batch 8, 150 steps on the bundled corpus.
+  tiny   this 2-core CPU, about 1.5 minutes a run: 4 x 64, 16 + 2 experts of 32, k = 2 (active FFN
+         (2 + 2) x 32 = 128 = the dense width), seq 128, batch 8, 100 steps on the bundled corpus.
   smoke  tiny for 3 steps: checks the plumbing end to end (CI).
 In every scale `model.mlp_dim` is the FLOPs-matched dense width, so `model.ffn=dense` is that baseline.
 """
@@ -38,7 +38,7 @@ def get(scale: str):
     c.moe.update(num_experts=16, expert_mlp_dim=32, top_k=2)
     c.objective.random_length_buckets = (32, 64, 96)
     c.data.update(seq_len=128, validation_fraction=0.02, num_epochs=0)
-    c.train.update(steps=150, batch_size=8, learning_rate=3e-3, warmup_steps=15)
+    c.train.update(steps=100, batch_size=8, learning_rate=3e-3, warmup_steps=10)
     c.eval.update(every_steps=50, num_batches=4, mc_samples=2)
     c.checkpoint.update(every_steps=50, keep=1)
     c.log_every_steps = 10
