@@ -58,6 +58,14 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul + attention
 
 
+def human(n: float) -> str:
+    """1.23B / 45.6M / 7.8K."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
 def model_config(config, num_ids: int = CL100K_NUM_IDS) -> ModelConfig:
     return ModelConfig.from_config(config, num_ids)
 
@@ -101,9 +109,8 @@ def table(config, num_ids: int = CL100K_NUM_IDS) -> str:
         ffn = (f"MoE {c.moe.num_experts}x{c.moe.expert_mlp_dim} k={c.moe.top_k} "
                f"+{c.moe.num_shared_experts} shared ({c.moe.routing})" if c.model.ffn == "moe"
                else f"dense {c.model.mlp_dim}")
-        lines.append(f"| {name} | {ffn} | {n['total'] / 1e9:.3f}B | {n['active'] / 1e9:.3f}B | "
-                     f"{n['embedding'] / 1e9:.3f}B | {n['non_embedding'] / 1e9:.3f}B | "
-                     f"{f / 1e9:.2f} GFLOP | {f / n['total']:.2f} |")
+        lines.append(f"| {name} | {ffn} | {n['total']:,} | {n['active']:,} | {human(n['embedding'])} | "
+                     f"{human(n['non_embedding'])} | {human(f)} | {f / n['total']:.2f} |")
     return "\n".join(lines)
 
 
@@ -116,7 +123,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=ungrouped-imports
+    from absl import app  # pylint: disable=ungrouped-imports
     from ml_collections import config_flags
     from openmoe2_jax import configs
     _CONFIG = config_flags.DEFINE_config_file("config", configs.path("base"), "Config file.")

@@ -3,9 +3,9 @@
 Diffusion models: masked-diffusion sampling (low-confidence or random remasking, blocks, steps);
 AR models: left-to-right sampling. Prints the text, forward passes and tokens/s.
 """
-from absl import app, flags, logging
+from absl import app, flags
 
-from openmoe2_jax import errors
+from openmoe2_jax import cli
 from openmoe2_jax.eval import generate, restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -21,12 +21,9 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+    cli.quiet_logging()
+    with cli.user_errors():
         trained = restore.load(_WORKDIR.value, _STEP.value)
-    except errors.USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
     tok = trained.tokenizer
     forward = generate.make_forward(trained.model, trained.params)
     prompt = tok.encode(_PROMPT.value)
@@ -34,13 +31,11 @@ def main(argv):
         sample = generate.ar_generate(forward, prompt, _LENGTH.value, tok.eot_id, tok.num_ids,
                                       _TEMPERATURE.value, _SEED.value, tok.decode)
     else:
-        try:
+        with cli.user_errors(ValueError):
             sample = generate.diffusion_generate(
                 forward, prompt, _LENGTH.value, _STEPS.value or _LENGTH.value,
                 _BLOCK.value or _LENGTH.value, tok.mask_id, tok.num_ids, tok.eot_id, _TEMPERATURE.value,
                 _REMASKING.value, _SEED.value, tok.decode)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
     print(_PROMPT.value + sample.text)
     print(f"[{len(sample.tokens)} tokens, {sample.forward_passes} forward passes, "
           f"{sample.tokens_per_second:.1f} tokens/s]")

@@ -16,7 +16,6 @@ import pytest
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.eval import benchmarks, generate, likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
-from openmoe2_jax.objectives import diffusion
 from openmoe2_jax.train import step as step_lib
 
 NUM_IDS = 63  # a small vocabulary (mask id 63, 128 rows) so the estimators can be enumerated

@@ -8,7 +8,7 @@ then train with --config.data.source=prepared --config.data.paths='("tokens/",)'
 from absl import app, flags
 from ml_collections import config_flags
 
-from openmoe2_jax import configs, validation
+from openmoe2_jax import cli, configs, validation
 from openmoe2_jax.data import pipeline
 from openmoe2_jax.data.tokenizer import get_tokenizer
 
@@ -19,13 +19,15 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for train.npy, 
 
 def main(argv):
     del argv
+    cli.quiet_logging()
     config = _CONFIG.value
-    validation.validate(config)
-    if config.data.source == "prepared":
-        raise validation.ConfigError("config.data.source = 'prepared': give the raw corpus to prepare.")
-    tokenizer = get_tokenizer(config.data.tokenizer)
-    corpus = pipeline.load_corpus(config.data, tokenizer, config.seed)
-    pipeline.write_prepared(_OUTPUT_DIR.value, corpus, tokenizer, config.data, config.seed)
+    with cli.user_errors():
+        validation.validate(config)
+        if config.data.source == "prepared":
+            raise validation.ConfigError("config.data.source = 'prepared': give the raw corpus to prepare.")
+        tokenizer = get_tokenizer(config.data.tokenizer)
+        corpus = pipeline.load_corpus(config.data, tokenizer, config.seed)
+        pipeline.write_prepared(_OUTPUT_DIR.value, corpus, tokenizer, config.data, config.seed)
     print(f"wrote {_OUTPUT_DIR.value}: {corpus.counts}")
 
 

@@ -15,10 +15,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from tensorboardX import SummaryWriter
 
-from openmoe2_jax import errors
+from openmoe2_jax import cli
 from openmoe2_jax.data import pipeline, sources
 from openmoe2_jax.eval import benchmarks, likelihood, restore
 from openmoe2_jax.train import step as step_lib
@@ -84,9 +84,8 @@ def evaluate_choice(trained, questions, seq_len, batch_rows, mc_samples, proxy, 
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+    cli.quiet_logging()
+    with cli.user_errors():
         trained = restore.load(_WORKDIR.value, _STEP.value)
         config = trained.config
         seq_len = _SEQ.value or config.data.seq_len
@@ -102,8 +101,6 @@ def main(argv):
             if _LIMIT.value:
                 questions = questions[:_LIMIT.value]
             result = evaluate_choice(trained, questions, seq_len, _ROWS.value, mc, _PROXY.value, _SEED.value)
-    except errors.USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
     result.update(task=_TASK.value, step=trained.step, seconds=time.time() - t0,
                   objective=config.objective.kind)
     name = _TASK.value + (f"_{_SHOTS.value}shot" if _TASK.value == "mmlu" else "")

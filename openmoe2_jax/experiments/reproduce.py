@@ -16,10 +16,10 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from openmoe2_jax import errors, flops
+from openmoe2_jax import cli, errors, flops
 from openmoe2_jax.configs import scales
 from openmoe2_jax.experiments import registry
 from openmoe2_jax.train import loop
@@ -85,13 +85,6 @@ def collect(workdir: str, config) -> dict:
     )
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def write_table(section, scale: str, results: dict, out_dir: str) -> str:
     compared = getattr(section, "COMPARED", tuple(results))
     agrees, why = section.direction(results)
@@ -101,8 +94,8 @@ def write_table(section, scale: str, results: dict, out_dir: str) -> str:
              "validation loss (nats/token) | tokens/s |", "|---|---|---|---|---|---|---|---|---|"]
     for variant in compared:
         r = results[variant]
-        lines.append(f"| {variant} | {r['objective']} | {_human(r['total_params'])} | "
-                     f"{_human(r['active_params'])} | {_human(r['flops_per_token'])} | {r['steps']} | "
+        lines.append(f"| {variant} | {r['objective']} | {flops.human(r['total_params'])} | "
+                     f"{flops.human(r['active_params'])} | {flops.human(r['flops_per_token'])} | {r['steps']} | "
                      f"{r['final_train_loss']:.4f} | {r['validation_loss']:.4f} | {r['tokens_per_second']:,.0f} |")
     lines += ["", f"**Published:** {section.PUBLISHED}", "",
               f"**Agrees with the paper's direction?** {'yes' if agrees else 'no'} — {why}.", ""]
@@ -165,12 +158,9 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+    cli.quiet_logging()
+    with cli.user_errors(ValueError):
         print(reproduce(_SECTION.value, _SCALE.value, _WORKDIR.value, _COLLECT.value, _STEPS.value))
-    except (*errors.USER_ERRORS, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

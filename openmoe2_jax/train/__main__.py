@@ -3,10 +3,10 @@
 Trains the config (default: the tiny diffusion LM on the bundled corpus) in DIR, resuming from the
 latest checkpoint there. The same command runs on CPU and TPU.
 """
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from openmoe2_jax import configs, errors
+from openmoe2_jax import cli, configs
 from openmoe2_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", configs.path("tiny"), "Config file (and :arg).")
@@ -17,12 +17,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and XLA log every save at INFO
-    try:
+    cli.quiet_logging()
+    with cli.user_errors():
         loop.train(_CONFIG.value, _WORKDIR.value)
-    except errors.USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
