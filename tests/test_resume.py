@@ -72,3 +72,32 @@ def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path):
         for step, value in run.items():
             assert value == reference[step], step
     assert set(killed) | set(resumed) == set(reference)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_and_the_restart_loses_nothing(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    ref_dir, dir_ = tmp_path / "ref", tmp_path / "preempted"
+    cmd = lambda d: _train_cmd(d) + ["--config.checkpoint.every_steps=1000"]  # only the preemption saves
+    subprocess.run(cmd(ref_dir), check=True, env=env, capture_output=True)
+    (reference,) = _losses_per_file(ref_dir / "tensorboard")
+
+    proc = subprocess.Popen(cmd(dir_), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (dir_ / "tensorboard").exists():
+        time.sleep(0.05)
+    while time.time() < deadline:
+        logged = _losses_per_file(dir_ / "tensorboard")
+        if logged and logged[0] and max(logged[0]) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stop requested (SIGTERM)" in out
+    saved = sorted(int(d) for d in os.listdir(dir_ / "checkpoints") if d.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 12
+    subprocess.run(cmd(dir_), check=True, env=env, capture_output=True)
+    first, resumed = _losses_per_file(dir_ / "tensorboard")
+    assert max(first) == saved[0] and min(resumed) == saved[0] + 1   # nothing lost, nothing repeated
+    assert {**first, **resumed} == reference

@@ -10,10 +10,15 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory is unusable or holds a different model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """One checkpoint cannot be read (truncated, partially written, damaged)."""
 
 
 def _handlers():
@@ -48,9 +53,9 @@ class Checkpoints:
         try:
             saved = self._mngr.item_metadata(step)["state"]
         except Exception as e:  # orbax raises several types for an unreadable checkpoint
-            raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
         if saved is None:
-            raise CheckpointError(f"checkpoint {self.directory}/{step} has no train state")
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} has no train state")
         saved = getattr(saved, "tree", saved)
         ours = {jax.tree_util.keystr(k, simple=True, separator="/"): (tuple(v.shape), str(v.dtype))
                 for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
@@ -70,10 +75,40 @@ class Checkpoints:
 
     def restore(self, step: int, abstract_state, data_iterator):
         """The state (placed with the shardings on `abstract_state`) and the iterator, restored in place."""
-        restored = self._mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        try:
+            restored = self._mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except Exception as e:  # tensorstore / orbax / json errors of a damaged checkpoint
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from e
         return restored["state"]
+
+    def restore_latest_good(self, abstract_state, data_iterator, log=print):
+        """(step, state) of the newest checkpoint that restores, or (None, None) if there is none.
+
+        A damaged checkpoint is moved aside to `<step>.corrupt` (kept, never deleted) with a warning,
+        and the next older one is tried. A checkpoint of a different model is an error, not damage.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.check_compatible(step, abstract_state)
+                return step, self.restore(step, abstract_state, data_iterator)
+            except CorruptCheckpointError as e:
+                log(f"WARNING: {e}\nWARNING: falling back to the previous checkpoint; the damaged one "
+                    f"is kept as {self.directory}/{step}.corrupt")
+                self._quarantine(step)
+        return None, None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            dst = f"{src}.corrupt"
+            n = 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.corrupt{n}", n + 1
+            os.rename(src, dst)
+        multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        self._mngr.reload()
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

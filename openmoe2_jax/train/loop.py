@@ -22,7 +22,7 @@ from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import checkpoint, optimizer, state as state_lib, step as step_lib, upcycle
+from openmoe2_jax.train import checkpoint, optimizer, preemption, state as state_lib, step as step_lib, upcycle
 
 
 @dataclasses.dataclass
@@ -35,6 +35,7 @@ class Summary:
     tokens_per_second: float
     train_losses: dict            # step -> loss, for every step this run took
     resumed_from: int | None
+    preempted: bool = False       # stopped early by SIGTERM (a checkpoint was saved at `steps`)
 
 
 def _format_seconds(s: float) -> str:
@@ -69,8 +70,14 @@ def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
 def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> Summary:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    stop_at_step: stop (with a checkpoint) after this step, as a preempted run would.
+    stop_at_step: stop (with a checkpoint) after this step, as a preempted run would. SIGTERM during
+    training does the same at the next step boundary (train/preemption.py).
     """
+    with preemption.PreemptionWatch() as watch:
+        return _train(config, workdir, stop_at_step, log, watch)
+
+
+def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     t_start = time.time()
     num_processes, process = jax.process_count(), jax.process_index()
     validation.validate(config, num_devices=jax.device_count(), num_processes=num_processes)
@@ -104,10 +111,8 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
                                    config.checkpoint.async_save)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         abstract, state_shardings = state_lib.abstract_state(init, mesh)
-        resumed_from = ckpts.latest_step()
+        resumed_from, state = ckpts.restore_latest_good(abstract, train_iter, log)
         if resumed_from is not None:
-            ckpts.check_compatible(resumed_from, abstract)
-            state = ckpts.restore(resumed_from, abstract, train_iter)
             log(f"resumed from {ckpts.directory}/{resumed_from}")
         else:
             dense = (upcycle.load_dense_params(config.moe.upcycle_from)
@@ -142,7 +147,7 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
         writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if process == 0 else None
         first = int(state.step)
         last = config.train.steps if stop_at_step is None else min(stop_at_step, config.train.steps)
-        losses, window, val_loss = {}, [], float("nan")
+        losses, window, val_loss, preempted = {}, [], float("nan"), False
         t_window, tokens_per_step = time.time(), batch * seq_len
         t_loop, steps_timed = time.time(), 0
         for step in range(first + 1, last + 1):
@@ -176,11 +181,16 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
                     writer.add_scalar("eval/loss", val_loss, step)
                 log(f"step {step:>6} | validation loss {val_loss:.4f}")
                 t_window = time.time()
+            if watch.should_stop(step) and step != last:
+                log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
+                preempted, last = True, step
             if step % config.checkpoint.every_steps == 0 or step == last:
                 ckpts.save(step, state, train_iter)
+            if preempted:
+                break
         wall_loop = time.time() - t_loop
 
-        if last > first or resumed_from is None:
+        if (last > first or resumed_from is None) and not preempted:  # a preempted host has seconds
             val_loss = evaluate(state.params)
             if writer:
                 writer.add_scalar("eval/loss", val_loss, last)
@@ -195,7 +205,7 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
         final_validation_loss=val_loss, tokens_seen=last * tokens_per_step,
         wall_seconds=time.time() - t_start,
         tokens_per_second=(last - first) * tokens_per_step / wall_loop if last > first else 0.0,
-        train_losses=losses, resumed_from=resumed_from)
+        train_losses=losses, resumed_from=resumed_from, preempted=preempted)
     if process == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump({k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"},

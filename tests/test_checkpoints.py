@@ -1,0 +1,73 @@
+"""Checkpoints: damaged ones are set aside with a warning, and a state restores onto another mesh."""
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.parallel import sharding
+from openmoe2_jax.train import checkpoint, loop, optimizer, state as state_lib
+
+
+def _largest_file(directory):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(config, tmp_path):
+    reference = loop.train(config, str(tmp_path / "ref"), log=lambda *a: None)
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir), stop_at_step=6, log=lambda *a: None)  # checkpoints at 3 and 6
+    victim = _largest_file(workdir / "checkpoints" / "6" / "state")
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    damaged = (os.path.relpath(victim, workdir / "checkpoints" / "6"), os.path.getsize(victim))
+    messages = []
+    resumed = loop.train(config, str(workdir), log=messages.append)
+    assert any("WARNING" in m and "falling back" in m for m in messages)
+    assert resumed.resumed_from == 3
+    assert {s: resumed.train_losses[s] for s in (4, 5, 6)} == {s: reference.train_losses[s] for s in (4, 5, 6)}
+    # The damaged checkpoint is kept, renamed, not deleted; training went on to write a good step 6.
+    assert os.path.getsize(workdir / "checkpoints" / "6.corrupt" / damaged[0]) == damaged[1]
+    assert max(resumed.train_losses) == reference.steps
+
+
+def test_partially_written_checkpoint_is_ignored(config, tmp_path):
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir), stop_at_step=3, log=lambda *a: None)
+    # What an interrupted async save leaves behind: orbax's temporary directory.
+    os.makedirs(workdir / "checkpoints" / "6.orbax-checkpoint-tmp-123" / "state")
+    resumed = loop.train(config, str(workdir), log=lambda *a: None)
+    assert resumed.resumed_from == 3 and max(resumed.train_losses) == config.train.steps
+
+
+def test_state_saved_on_one_mesh_restores_on_another(config, tmp_path):
+    tok = get_tokenizer()
+    model = Transformer(ModelConfig.from_config(config, tok.num_ids))
+    tx = optimizer.make(config.train)
+    init = state_lib.init_fn(model, tx, config.seed, config.train.batch_size, config.data.seq_len)
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "ckpt"), keep=2, async_save=False)
+    data = iter(__import__("grain").MapDataset.source(list(range(10))).to_iter_dataset())
+
+    def on_mesh(shape):
+        mesh = sharding.make_mesh(shape)
+        with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+            abstract, shardings = state_lib.abstract_state(init, mesh)
+        return mesh, abstract, shardings
+
+    mesh_a, _, shardings_a = on_mesh(dict(data=2, fsdp=4, expert=1, tensor=1))
+    with jax.sharding.set_mesh(mesh_a), nn.logical_axis_rules(sharding.RULES):
+        state = state_lib.create(init, shardings_a)
+    ckpts.save(1, state, data)
+    ckpts.wait()
+    mesh_b, abstract_b, _ = on_mesh(dict(data=2, fsdp=1, expert=4, tensor=1))
+    restored = ckpts.restore(1, abstract_b, data)
+    w = restored.params["layer_0"]["moe"]["w_gate"]
+    assert w.sharding.mesh.shape["expert"] == 4 and w.addressable_shards[0].data.shape[0] == config.moe.num_experts // 4
+    d = config.model.d_model
+    assert state.params["embedding"].addressable_shards[0].data.shape[1] == d // 4     # fsdp = 4
+    assert restored.params["embedding"].addressable_shards[0].data.shape[1] == d      # fsdp = 1
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 state.params, restored.params)
