@@ -84,6 +84,11 @@ def test_reproduce_smoke_section_writes_table_and_plot_and_collect_only_matches(
     # A second call skips the finished runs; --collect_only reads them back to the same table.
     assert reproduce.reproduce(3, "smoke", root, log=lambda *a: None) == text
     assert reproduce.reproduce(3, "smoke", root, collect_only=True) == text
+    from openmoe2_jax.experiments import summary
+    overview = summary.summarize(root, "smoke")
+    row = next(l for l in overview.splitlines() if l.startswith("| 3. token choice vs expert choice"))
+    assert f"ec: {results['results']['ec']['validation_loss']:.4f}" in row
+    assert overview.count("| not run |") == 10
     os.remove(tmp_path / "smoke" / "sec03" / "ec" / "summary.json")
     with pytest.raises(reproduce.errors.CheckpointError, match="has not finished"):
         reproduce.reproduce(3, "smoke", root, collect_only=True)
