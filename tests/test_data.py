@@ -59,8 +59,8 @@ def test_processes_see_disjoint_data_that_covers_the_epoch():
     for i in range(len(full)):
         a, b = parts[0][i][:, 0], parts[1][i][:, 0]
         assert not set(a) & set(b)
-        # The two local halves together are exactly the single-process global batch.
-        assert sorted(np.concatenate([a, b])) == sorted(full[i][:, 0])
+        # The two local halves, stacked in process order, are exactly the single-process global batch.
+        np.testing.assert_array_equal(np.concatenate([parts[0][i], parts[1][i]]), full[i])
     covered = np.concatenate([p[i][:, 0] for p in parts for i in range(5)]) // 8
     assert sorted(covered) == list(range(40))
 

@@ -8,8 +8,8 @@ Train/validation split: by document, a fixed fraction chosen by a seeded permuta
 never share a document and the split does not depend on the number of processes.
 
 Order: `grain.MapDataset.source(rows).seed(seed).shuffle().repeat(num_epochs)` draws a fresh
-permutation every epoch; `[process_index::process_count]` gives each process a disjoint slice; each
-process batches `batch_size / process_count` rows. The iterator's state (one integer) is saved in every
+permutation every epoch; in every global batch each process takes its own contiguous block of
+`batch_size / process_count` rows, so the global batch is the same whatever the process count. The iterator's state (one integer) is saved in every
 checkpoint, so a resumed run continues with exactly the next batch.
 """
 from __future__ import annotations
@@ -167,8 +167,18 @@ def train_dataset(tokens: np.ndarray, seq_len: int, global_batch: int, num_epoch
             f"config.data.seq_len = {seq_len}")
     ds = grain.MapDataset.source(rows).seed(seed).shuffle()
     ds = ds.repeat(num_epochs if num_epochs > 0 else None)
-    ds = ds[shard.index::shard.count]
-    return ds.batch(global_batch // shard.count, drop_remainder=True)
+    return _local_rows(ds, global_batch, shard).batch(global_batch // shard.count, drop_remainder=True)
+
+
+def _local_rows(ds: grain.MapDataset, global_batch: int, shard: Shard) -> grain.MapDataset:
+    """This process's rows: in global batch j (rows [jB, (j+1)B) of `ds`), the contiguous block
+    [jB + p b, jB + (p+1) b) with b = B / processes. So the processes' local batches, stacked in process
+    order, are exactly the single-process global batch: a run's losses do not depend on how many
+    processes load its data. Each process reads only its own rows."""
+    local = global_batch // shard.count
+    size = len(ds) // global_batch * local
+    return grain.MapDataset.range(size).map(
+        lambda i: ds[(i // local) * global_batch + shard.index * local + i % local])
 
 
 def num_train_batches(tokens: np.ndarray, seq_len: int, global_batch: int, num_epochs: int) -> int | None:
@@ -188,5 +198,5 @@ def validation_batches(tokens: np.ndarray, seq_len: int, global_batch: int, num_
             f"the validation split has {len(rows)} rows of {seq_len} tokens, fewer than one batch of "
             f"{global_batch}; raise config.data.validation_fraction or lower config.train.batch_size")
     ds = grain.MapDataset.source(rows)[:min(num_batches, available) * global_batch]
-    ds = ds[shard.index::shard.count].batch(global_batch // shard.count, drop_remainder=True)
+    ds = _local_rows(ds, global_batch, shard).batch(global_batch // shard.count, drop_remainder=True)
     return [ds[i] for i in range(len(ds))]

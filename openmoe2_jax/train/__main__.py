@@ -12,12 +12,29 @@ from openmoe2_jax.train import loop
 _CONFIG = config_flags.DEFINE_config_file("config", configs.path("tiny"), "Config file (and :arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, config and summary.",
                                required=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process "
+                                   "run started by hand (on a TPU VM pod this is discovered).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "With --coordinator_address: processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "With --coordinator_address: this process's index.")
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() for multi-process runs: explicit (flags; CPU collectives over
+    gloo, for tests on one machine) or discovered on a multi-host TPU VM. Before any other JAX call."""
+    import os  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    if _COORDINATOR.value:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+        jax.distributed.initialize()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_logging()
+    initialize_distributed()
     with cli.user_errors():
         loop.train(_CONFIG.value, _WORKDIR.value)
 

@@ -1,0 +1,111 @@
+"""Cloud TPU VMs and pods from a workstation: wraps `gcloud compute tpus` (tpu-vm and queued-resources).
+
+  python -m openmoe2_jax.launch create --name=moe --zone=us-east5-a --accelerator=v5p-256 [--spot]
+  python -m openmoe2_jax.launch setup  --name=moe --zone=us-east5-a          # copy + install, every worker
+  python -m openmoe2_jax.launch run    --name=moe --zone=us-east5-a \
+      --config=openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper --workdir=gs://bucket/runs/sec03/ec \
+      --override=config.moe.topk_impl=auto
+  python -m openmoe2_jax.launch logs   --name=moe --zone=us-east5-a [--follow]
+  python -m openmoe2_jax.launch stop   --name=moe --zone=us-east5-a          # SIGTERM: checkpoint + exit
+  python -m openmoe2_jax.launch delete --name=moe --zone=us-east5-a
+
+Every action takes --dry_run, which prints the exact gcloud commands instead of running them.
+`run` starts the same command on all workers; the trainer calls jax.distributed.initialize() on a
+multi-host TPU VM, so each process reads its own slice of the data and orbax writes the checkpoint
+cooperatively. `--spot` uses queued resources with spot capacity; preemption sends SIGTERM, the
+trainer saves at the next step boundary, and the same `run` resumes it.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+ACTIONS = ("create", "setup", "run", "logs", "stop", "delete")
+_NAME = flags.DEFINE_string("name", None, "TPU VM (node) name.")
+_ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-east5-a.")
+_PROJECT = flags.DEFINE_string("project", "", "GCP project (default: gcloud's).")
+_ACCELERATOR = flags.DEFINE_string("accelerator", "v5p-8", "Accelerator type, e.g. v5p-256, v5litepod-64.")
+_RUNTIME = flags.DEFINE_string("runtime", "v2-alpha-tpuv5", "TPU software version.")
+_SPOT = flags.DEFINE_bool("spot", False, "create: spot capacity through queued resources.")
+_REPO = flags.DEFINE_string("repo", ".", "setup: the project checkout to copy to the workers.")
+_CONFIG = flags.DEFINE_string("config", "openmoe2_jax/configs/base.py", "run: config file[:arg].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run: workdir (gs:// for pods).")
+_OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")
+_FOLLOW = flags.DEFINE_bool("follow", False, "logs: keep streaming.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands instead of running them.")
+
+REMOTE_DIR = "~/openmoe2_jax"
+LOG = "~/openmoe2_jax_train.log"
+
+
+def _common(zone: str, project: str) -> list[str]:
+    return [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
+
+
+def _ssh(name, zone, project, command: str, worker: str = "all") -> list[str]:
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *_common(zone, project),
+            f"--worker={worker}", f"--command={command}"]
+
+
+def commands(action: str, name: str, zone: str, project: str = "", accelerator: str = "v5p-8",
+             runtime: str = "v2-alpha-tpuv5", spot: bool = False, repo: str = ".",
+             config: str = "openmoe2_jax/configs/base.py", workdir: str | None = None,
+             overrides=(), follow: bool = False) -> list[list[str]]:
+    """The gcloud command lines of `action` (pure: tested against the documented syntax)."""
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r}: expected one of {ACTIONS}")
+    if not name or not zone:
+        raise ValueError("--name and --zone are required")
+    if action == "create":
+        if spot:
+            return [["gcloud", "compute", "tpus", "queued-resources", "create", name, *_common(zone, project),
+                     f"--node-id={name}", f"--accelerator-type={accelerator}",
+                     f"--runtime-version={runtime}", "--spot"]]
+        return [["gcloud", "compute", "tpus", "tpu-vm", "create", name, *_common(zone, project),
+                 f"--accelerator-type={accelerator}", f"--version={runtime}"]]
+    if action == "setup":
+        return [
+            ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", repo, f"{name}:{REMOTE_DIR}",
+             *_common(zone, project), "--worker=all"],
+            _ssh(name, zone, project,
+                 f"cd {REMOTE_DIR} && python3 -m pip install -U pip && "
+                 "python3 -m pip install 'jax[tpu]>=0.10.2,<0.11' . "),
+        ]
+    if action == "run":
+        if not workdir:
+            raise ValueError("--workdir is required for run (a gs:// path on a pod)")
+        train = ["python3", "-m", "openmoe2_jax.train", f"--config={config}", f"--workdir={workdir}"]
+        train += [f"--{o}" if o.startswith("config.") else f"--config.{o}" for o in overrides]
+        line = " ".join(shlex.quote(a) for a in train)
+        return [_ssh(name, zone, project, f"cd {REMOTE_DIR} && nohup {line} > {LOG} 2>&1 &")]
+    if action == "logs":
+        return [_ssh(name, zone, project, f"tail {'-f ' if follow else ''}-n 200 {LOG}", worker="0")]
+    if action == "stop":
+        return [_ssh(name, zone, project, "pkill -TERM -f openmoe2_jax.train || true")]
+    return [["gcloud", "compute", "tpus", "queued-resources", "delete", name, *_common(zone, project),
+             "--force", "--quiet"] if spot else
+            ["gcloud", "compute", "tpus", "tpu-vm", "delete", name, *_common(zone, project), "--quiet"]]
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ACTIONS:
+        raise app.UsageError(f"usage: python -m openmoe2_jax.launch {{{'|'.join(ACTIONS)}}} --name=... --zone=...")
+    try:
+        lines = commands(argv[1], _NAME.value, _ZONE.value, _PROJECT.value, _ACCELERATOR.value,
+                         _RUNTIME.value, _SPOT.value, _REPO.value, _CONFIG.value, _WORKDIR.value,
+                         _OVERRIDES.value, _FOLLOW.value)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    for line in lines:
+        print(shlex.join(line))
+        if not _DRY_RUN.value:
+            code = subprocess.call(line)
+            if code:
+                sys.exit(code)
+
+
+if __name__ == "__main__":
+    app.run(main)
