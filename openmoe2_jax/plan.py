@@ -23,7 +23,6 @@ Assumptions (estimates, not measurements):
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import flax.linen as nn
