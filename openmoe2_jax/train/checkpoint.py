@@ -10,6 +10,7 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 
@@ -27,11 +28,12 @@ def _handlers():
 
 class Checkpoints:
     def __init__(self, directory: str, keep: int | None, async_save: bool, read_only: bool = False):
-        directory = os.path.abspath(directory)
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
-        if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
-            raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
+        if "://" not in directory:  # local: absolute, and checked before orbax touches it
+            directory = os.path.abspath(directory)
+            if os.path.exists(directory) and not os.path.isdir(directory):
+                raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
+            if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+                raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
         self.directory = directory
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=not read_only, read_only=read_only)
@@ -101,12 +103,11 @@ class Checkpoints:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
-            src = os.path.join(self.directory, str(step))
-            dst = f"{src}.corrupt"
-            n = 1
-            while os.path.exists(dst):
-                dst, n = f"{src}.corrupt{n}", n + 1
-            os.rename(src, dst)
+            src = epath.Path(self.directory) / str(step)
+            dst, n = src.with_name(f"{step}.corrupt"), 1
+            while dst.exists():
+                dst, n = src.with_name(f"{step}.corrupt{n}"), n + 1
+            src.rename(dst)
         multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self._mngr.reload()
 

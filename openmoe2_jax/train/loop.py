@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
@@ -43,9 +43,8 @@ def _format_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _write_config(config, workdir: str) -> None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def _write_config(config, workdir: epath.Path) -> None:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
@@ -106,8 +105,9 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     tx = optimizer.make(config.train)
     init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
 
-    os.makedirs(workdir, exist_ok=True)
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+    workdir = epath.Path(workdir)  # a local path or gs://bucket/... (orbax and tensorboardX write there)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpts = checkpoint.Checkpoints(str(workdir / "checkpoints"), config.checkpoint.keep,
                                    config.checkpoint.async_save)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         abstract, state_shardings = state_lib.abstract_state(init, mesh)
@@ -144,7 +144,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
             return (sum(float(r["nats"].sum()) for r in results) /
                     sum(float(r["tokens"].sum()) for r in results))
 
-        writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if process == 0 else None
+        writer = SummaryWriter(str(workdir / "tensorboard")) if process == 0 else None
         first = int(state.step)
         last = config.train.steps if stop_at_step is None else min(stop_at_step, config.train.steps)
         losses, window, val_loss, preempted = {}, [], float("nan"), False
@@ -207,9 +207,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
         tokens_per_second=(last - first) * tokens_per_step / wall_loop if last > first else 0.0,
         train_losses=losses, resumed_from=resumed_from, preempted=preempted)
     if process == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump({k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"},
-                      f, indent=2)
+        (workdir / "summary.json").write_text(json.dumps(
+            {k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"}, indent=2))
     log(f"done: {last} steps | final train loss {summary.final_train_loss:.4f} | validation loss "
         f"{val_loss:.4f} | {summary.tokens_seen:,} tokens seen | {_format_seconds(summary.wall_seconds)}"
         f" wall | {summary.tokens_per_second:,.0f} tok/s")
