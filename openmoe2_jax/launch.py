@@ -24,19 +24,6 @@ import sys
 from absl import app, flags
 
 ACTIONS = ("create", "setup", "run", "logs", "stop", "delete")
-_NAME = flags.DEFINE_string("name", None, "TPU VM (node) name.")
-_ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-east5-a.")
-_PROJECT = flags.DEFINE_string("project", "", "GCP project (default: gcloud's).")
-_ACCELERATOR = flags.DEFINE_string("accelerator", "v5p-8", "Accelerator type, e.g. v5p-256, v5litepod-64.")
-_RUNTIME = flags.DEFINE_string("runtime", "v2-alpha-tpuv5", "TPU software version.")
-_SPOT = flags.DEFINE_bool("spot", False, "create: spot capacity through queued resources.")
-_REPO = flags.DEFINE_string("repo", ".", "setup: the project checkout to copy to the workers.")
-_CONFIG = flags.DEFINE_string("config", "openmoe2_jax/configs/base.py", "run: config file[:arg].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run: workdir (gs:// for pods).")
-_OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")
-_FOLLOW = flags.DEFINE_bool("follow", False, "logs: keep streaming.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands instead of running them.")
-
 REMOTE_DIR = "~/openmoe2_jax"
 LOG = "~/openmoe2_jax_train.log"
 
@@ -108,4 +95,17 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so the module imports cleanly next to other CLIs.
+    _NAME = flags.DEFINE_string("name", None, "TPU VM (node) name.")
+    _ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-east5-a.")
+    _PROJECT = flags.DEFINE_string("project", "", "GCP project (default: gcloud's).")
+    _ACCELERATOR = flags.DEFINE_string("accelerator", "v5p-8", "Accelerator type, e.g. v5p-256, v5litepod-64.")
+    _RUNTIME = flags.DEFINE_string("runtime", "v2-alpha-tpuv5", "TPU software version.")
+    _SPOT = flags.DEFINE_bool("spot", False, "create: spot capacity through queued resources.")
+    _REPO = flags.DEFINE_string("repo", ".", "setup: the project checkout to copy to the workers.")
+    _CONFIG = flags.DEFINE_string("config", "openmoe2_jax/configs/base.py", "run: config file[:arg].")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run: workdir (gs:// for pods).")
+    _OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")
+    _FOLLOW = flags.DEFINE_bool("follow", False, "logs: keep streaming.")
+    _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands instead of running them.")
     app.run(main)

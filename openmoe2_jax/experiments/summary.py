@@ -9,8 +9,6 @@ from absl import app, flags
 
 from openmoe2_jax.experiments import registry
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
-_SCALE = flags.DEFINE_string("scale", "tiny", "Scale.")
 
 
 def summarize(root: str, scale: str) -> str:
@@ -41,4 +39,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
+    _SCALE = flags.DEFINE_string("scale", "tiny", "Scale.")
     app.run(main)
