@@ -71,7 +71,10 @@ def load(workdir: str, step: int | None = None, devices=None) -> Trained:
     """
     config = load_config(workdir)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = Checkpoints(ckpt_dir, None, False, read_only=True).all_steps() if os.path.isdir(ckpt_dir) else []
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} holds no checkpoint.")
+    checkpoints = Checkpoints(ckpt_dir, keep=None, async_save=False, read_only=True)
+    steps = checkpoints.all_steps()
     if not steps:
         raise CheckpointError(f"{ckpt_dir} holds no checkpoint.")
     step = max(steps) if step is None else step
@@ -84,7 +87,6 @@ def load(workdir: str, step: int | None = None, devices=None) -> Trained:
     init = state_lib.init_fn(model, optimizer.make(config.train), config.seed, 1, config.data.seq_len)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         abstract, _ = state_lib.abstract_state(init, mesh)
-    checkpoints = Checkpoints(ckpt_dir, keep=None, async_save=False, read_only=True)
     checkpoints.check_compatible(step, abstract)
     try:
         state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"), abstract)
