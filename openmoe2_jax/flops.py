@@ -18,7 +18,7 @@ def _attention_params(cfg: ModelConfig) -> int:
     return cfg.d_model * cfg.head_dim * (cfg.num_heads * 2 + cfg.num_kv_heads * 2) + qk_norm
 
 
-def _moe_params(cfg: ModelConfig) -> tuple[int, int]:
+def moe_layer_params(cfg: ModelConfig) -> tuple[int, int]:
     """(total, active) parameters of one MoE FFN (router + routed + shared)."""
     m, d = cfg.moe, cfg.d_model
     routed = 3 * d * m.expert_mlp_dim * m.num_experts
@@ -36,7 +36,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     for i in range(L):
         base = _attention_params(cfg) + 2 * d  # attention + two norms
         if cfg.is_moe_layer(i):
-            t, a = _moe_params(cfg)
+            t, a = moe_layer_params(cfg)
         else:
             t = a = 3 * d * cfg.dense_ffn_width
         total += base + t

@@ -93,6 +93,7 @@ FIELDS: dict[str, Check] = {
     "model.init_std": number(0, lo_open=True),
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
+    "model.remat": one_of("none", "block", "attention"),
     "moe.routing": one_of("ec", "tc"),
     "moe.num_experts": positive_int,
     "moe.num_shared_experts": nonneg_int,

@@ -211,7 +211,9 @@ def test_memorised_text_is_regenerated_by_the_diffusion_sampler(config):
     config.model.update(ffn="dense", d_model=64, num_heads=2, num_kv_heads=2, mlp_dim=128)
     config.objective.random_length_prob = 0.0
     config.data.seq_len = seq
-    config.train.update(steps=300, learning_rate=3e-3, warmup_steps=10, batch_size=8)
+    # 300 steps sat on the edge (mean loss of the last 50 steps 0.40, and one float-rounding change
+    # in attention flipped two words); 500 steps reach 0.23 and regenerate the verse.
+    config.train.update(steps=500, learning_rate=3e-3, warmup_steps=10, batch_size=8)
     model = Transformer(ModelConfig.from_config(config, tok.num_ids))
     tx = optimizer.make(config.train)
     state = jax.jit(lambda: nn.meta.unbox(state_lib.init_fn(model, tx, 0, 8, seq)()))()
@@ -219,7 +221,7 @@ def test_memorised_text_is_regenerated_by_the_diffusion_sampler(config):
         s, b, model=model, tx=tx, schedule=optimizer.schedule(config.train),
         objective_cfg=step_lib.frozen_objective(config.objective), mask_id=tok.mask_id))
     batch = jnp.asarray([ids] * 8)
-    for _ in range(300):
+    for _ in range(config.train.steps):
         state, metrics = step(state, batch)
     forward = generate.make_forward(model, state.params)
     prompt = ids[:3]

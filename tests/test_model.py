@@ -100,3 +100,62 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(config):
     variables = model.init(jax.random.key(0), tokens)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     assert model.apply(variables, tokens).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attention_and_its_flash_backward_equal_jax_reference(causal, kv_heads):
+    """Our attention (heads-major, hand-written FlashAttention backward) = jax.nn.dot_product_attention
+    in value and in all three gradients, with padding keys, causal masking and grouped-query heads."""
+    b, s, h, hd = 2, 16, 4, 8
+    ks = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(ks[0], (b, s, h, hd))
+    k = jax.random.normal(ks[1], (b, s, kv_heads, hd))
+    v = jax.random.normal(ks[2], (b, s, kv_heads, hd))
+    probe = jax.random.normal(ks[3], (b, s, h, hd))
+    valid = jnp.arange(s)[None] < jnp.array([16, 11])[:, None]
+
+    def ours(q, k, v):
+        return jnp.sum(layers.dot_product_attention(q, k, v, valid, causal) * probe)
+
+    def reference(q, k, v):
+        out = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :], is_causal=causal,
+                                           implementation="xla")
+        return jnp.sum(out * probe)
+
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5)
+    for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(reference, (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_backward_stores_no_score_matrix():
+    """Between forward and backward only O(s) per head is kept: the residuals of the attention's
+    VJP hold no [b, h, s, s] array (the autodiff of a plain softmax keeps the probabilities)."""
+    b, s, h, hd = 1, 64, 2, 8
+    q = jax.random.normal(jax.random.key(0), (b, s, h, hd))
+    _, vjp = jax.vjp(lambda q, k, v: layers.dot_product_attention(q, k, v), q, q, q)
+    shapes = [leaf.shape for leaf in jax.tree.leaves(vjp)]
+    assert shapes and all(s * s > int(np.prod(shape)) or shape == (b, s, h, hd) for shape in shapes), shapes
+    _, plain = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"), q, q, q)
+    assert any(int(np.prod(leaf.shape)) >= h * s * s for leaf in jax.tree.leaves(plain))
+
+
+def _grads_and_temp(config, remat):
+    config.model.remat = remat
+    model = Transformer(ModelConfig.from_config(config, 1000))
+    tokens = jax.random.randint(jax.random.key(0), (4, 32), 0, 1000)
+    params = nn.meta.unbox(model.init(jax.random.key(1), tokens)["params"])
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, tokens) ** 2)))
+    temp = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+    return grad(params), temp
+
+
+def test_remat_policies_keep_gradients_and_block_remat_saves_memory(config):
+    config.model.ffn = "dense"
+    config.model.update(num_layers=4, d_model=64, mlp_dim=256)
+    none, temp_none = _grads_and_temp(config, "none")
+    for remat in ("attention", "block"):
+        grads, temp = _grads_and_temp(config, remat)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, none)
+        if remat == "block":
+            assert temp < temp_none, (temp, temp_none)

@@ -16,12 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from openmoe2_jax.kernels import ec_topk
-
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
-_OUTPUT = flags.DEFINE_string("output", "", "Optional JSON file for the rows.")
 
 SHAPES = (("paper: 64 experts x 8x4096 tokens, k=6", 64, 32768, 3072),
           ("small: 16 experts x 4x1024 tokens, k=2", 16, 4096, 512),
@@ -45,24 +41,35 @@ def time_impl(x, k, impl, repeats):
     return compile_s, float(np.median(times))
 
 
-def main(argv):
-    del argv
+def run(shapes=SHAPES, repeats: int = 5, log=None) -> list[dict]:
+    """One row per (shape, impl): median seconds, compile seconds, minimum bytes moved, GB/s."""
     rows = []
-    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), {jax.device_count()} device(s)")
-    print(f"{'shape':42} {'impl':10} {'MB moved':>9} {'compile s':>10} {'median ms':>10} {'GB/s':>8}")
-    for name, experts, tokens, k in SHAPES:
+    for name, experts, tokens, k in shapes:
         x = jax.random.normal(jax.random.key(0), (experts, tokens), jnp.float32)
         moved = experts * tokens * 4 + experts * k * 8
         for impl in impls_here():
-            compile_s, t = time_impl(x, k, impl, _REPEATS.value)
-            rows.append(dict(shape=name, experts=experts, tokens=tokens, k=k, impl=impl,
-                             bytes=moved, compile_seconds=compile_s, seconds=t, gb_per_s=moved / t / 1e9))
-            print(f"{name:42} {impl:10} {moved / 1e6:9.2f} {compile_s:10.2f} {t * 1e3:10.2f} "
-                  f"{moved / t / 1e9:8.2f}")
+            compile_s, t = time_impl(x, k, impl, repeats)
+            row = dict(shape=name, experts=experts, tokens=tokens, k=k, impl=impl, bytes=moved,
+                       compile_seconds=compile_s, seconds=t, gb_per_s=moved / t / 1e9)
+            rows.append(row)
+            if log:
+                log(f"{name:42} {impl:10} {moved / 1e6:9.2f} {compile_s:10.2f} {t * 1e3:10.2f} "
+                    f"{moved / t / 1e9:8.2f}")
+    return rows
+
+
+def main(argv):
+    del argv
+    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), {jax.device_count()} device(s)")
+    print(f"{'shape':42} {'impl':10} {'MB moved':>9} {'compile s':>10} {'median ms':>10} {'GB/s':>8}")
+    rows = run(repeats=_REPEATS.value, log=print)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(dict(backend=jax.default_backend(), rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":
+    from absl import app, flags
+    _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
+    _OUTPUT = flags.DEFINE_string("output", "", "Optional JSON file for the rows.")
     app.run(main)

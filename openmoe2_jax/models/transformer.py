@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from openmoe2_jax.models import layers, routing
@@ -36,6 +37,7 @@ class ModelConfig:
     moe: MoEConfig | None = None     # None = dense FFN in every layer
     first_dense_layers: int = 0      # with moe: layers [0, N) are dense, of width dense_mlp_dim
     dense_mlp_dim: int = 0
+    remat: str = "none"              # none | block | attention (config.model.remat)
 
     def is_moe_layer(self, i: int) -> bool:
         return self.moe is not None and i >= self.first_dense_layers
@@ -69,7 +71,8 @@ class ModelConfig:
                    dtype=m.dtype, param_dtype=m.param_dtype,
                    moe=resolve_moe(config.moe, batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
-                   dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim)
+                   dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
+                   remat=m.remat)
 
 
 def resolve_moe(moe, batch_shards: int) -> MoEConfig:
@@ -103,7 +106,11 @@ class Block(nn.Module):
         c = self.cfg
         dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         h = layers.RMSNorm(c.norm_eps, dt, pdt, name="attn_norm")(x)
-        x = x + layers.Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, c.qk_norm,
+        attention = layers.Attention
+        if c.remat == "attention":
+            # Keep the projections (dots without batch dimensions); recompute scores and softmax.
+            attention = nn.remat(attention, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        x = x + attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, c.qk_norm,
                                  c.norm_eps, c.init_std, c.out_std, c.causal, dt, pdt,
                                  name="attn")(h, positions, valid)
         h = layers.RMSNorm(c.norm_eps, dt, pdt, name="ffn_norm")(x)
@@ -128,8 +135,9 @@ class Transformer(nn.Module):
                                            (c.vocab_size, c.d_model), ("vocab", "embed"), pdt)
         x = jnp.take(embedding, tokens, axis=0).astype(dt)          # [b, s, d]
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        block = nn.remat(Block) if c.remat == "block" else Block  # block: keep only each layer's input
         for i in range(c.num_layers):
-            x = Block(c, i, name=f"layer_{i}")(x, positions, valid)
+            x = block(c, i, name=f"layer_{i}")(x, positions, valid)
         x = layers.RMSNorm(c.norm_eps, dt, pdt, name="final_norm")(x)
         head = layers.param_with_axes(self, "head", layers.normal_init(c.init_std),
                                       (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)

@@ -19,7 +19,7 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
                                        cfg.random_length_buckets)
     logits, aux = apply_fn(params, tokens, valid)
     value, scored = shifted_loss(logits, tokens, valid)
-    correct = (jnp.argmax(logits[:, :-1], -1) == tokens[:, 1:]) & scored
+    correct = common.is_argmax(logits[:, :-1], tokens[:, 1:]) & scored
     metrics = dict(ar_loss=value, objective_loss=value, real_tokens=valid.sum(),
                    next_token_accuracy=correct.sum() / jnp.maximum(scored.sum(), 1))
     return value + aux.get("aux_loss", 0.0), {**metrics, **aux}

@@ -4,9 +4,20 @@ import jax.numpy as jnp
 
 
 def cross_entropy(logits, targets):
-    """Per-position CE in float32. logits [b, s, v], targets [b, s] int -> [b, s]."""
+    """Per-position CE in float32. logits [b, s, v], targets [b, s] int -> [b, s].
+
+    (A hand-written backward, (softmax - onehot) x g, measured 2.5x slower forward + backward on
+    XLA:CPU at [4096, 100352]: XLA fuses this autodiff form better.)
+    """
     logits = logits.astype(jnp.float32)
     return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def is_argmax(logits, targets):
+    """[b, s] bool: the target has the largest logit (ties count as hits). A max reduction that XLA
+    shares with the cross-entropy's, where a separate argmax would be another full pass."""
+    picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return picked >= jnp.max(logits, axis=-1)
 
 
 def random_length_valid(rng, shape, prob: float, buckets):

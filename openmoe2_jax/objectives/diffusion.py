@@ -62,7 +62,7 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
     ratio = masked.sum(axis=1) / jnp.maximum(valid.sum(axis=1), 1)
     weight = t if cfg.weight == "t" else ratio
     value = weighted_masked_loss(logits, tokens, masked, weight, valid)
-    correct = (jnp.argmax(logits, -1) == tokens) & masked
+    correct = common.is_argmax(logits, tokens) & masked
     metrics = dict(
         diffusion_loss=value, objective_loss=value,
         masked_accuracy=correct.sum() / jnp.maximum(masked.sum(), 1),

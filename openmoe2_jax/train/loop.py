@@ -47,17 +47,22 @@ def _write_config(config, workdir: epath.Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
-    """The jitted train step (state, batch) -> (state, metrics) and validation step
-    (params, batch, batch_index) -> per-row nats (eval/likelihood.py), with their shardings on `mesh`."""
-    batch_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(
+def jit_train_step(config, model, tx, mesh, state_shardings, mask_id: int):
+    """The jitted train step (state, batch) -> (state, metrics), state donated, sharded on `mesh`."""
+    return jax.jit(
         functools.partial(step_lib.train_step, model=model, tx=tx,
                           schedule=optimizer.schedule(config.train),
                           objective_cfg=step_lib.frozen_objective(config.objective), mask_id=mask_id),
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0)
+
+
+def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
+    """The jitted train step (jit_train_step) and validation step (params, batch, batch_index) ->
+    per-row nats (eval/likelihood.py), with their shardings on `mesh`."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jit_train_step(config, model, tx, mesh, state_shardings, mask_id)
     eval_step = jax.jit(
         likelihood.make_validation_fn(model, step_lib.frozen_objective(config.objective, evaluation=True),
                                       mask_id, config.eval.seed, config.eval.mc_samples),

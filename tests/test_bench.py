@@ -1,0 +1,68 @@
+"""The performance benchmark's arithmetic and outputs (speed goals live in the benchmark, not here)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from openmoe2_jax import bench, flops
+from openmoe2_jax.models.transformer import ModelConfig
+
+
+def test_tiny_benchmark_rows_ratios_and_table(tmp_path):
+    results = bench.run(shapes=("tiny",), variants=("dense", "ec"), repeats=1, warmup=0,
+                        remat_shape=None, topk=False, profile_dir=str(tmp_path), log=lambda *_: None)
+    assert results["backend"] == "cpu" and results["device_count"] == 8
+    ceiling = results["ceilings"]["float32"]
+    assert ceiling["flops_per_second"] == pytest.approx(2 * 2048 ** 3 / ceiling["seconds"])
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert set(rows) == {"dense", "ec"}
+    for variant, r in rows.items():
+        config, num_ids = bench.shape_config("tiny", variant)
+        model_cfg = ModelConfig.from_config(config, num_ids)
+        assert r["flops_per_token"] == flops.train_flops_per_token(model_cfg, 128)
+        assert r["tokens_per_second"] == pytest.approx(8 * 128 / r["step_seconds"])
+        assert r["achieved_flops_per_second"] == pytest.approx(r["flops_per_token"] * r["tokens_per_second"])
+        assert r["mfu"] == pytest.approx(r["achieved_flops_per_second"] / ceiling["flops_per_second"])
+        # XLA's count of the compiled step agrees with the model count (no hidden dense expansion)
+        assert r["hlo_flops_per_token"] == pytest.approx(r["flops_per_token"], rel=0.1)
+        assert 1.5 < r["temp_ratio_2x_batch"] <= 2.3  # activation memory linear in tokens
+        assert r["peak_rss_bytes"] > r["temp_bytes"] > 0
+        # the profile names XLA's ops, the most expensive first, within the step's wall time
+        times = [top["seconds"] for top in r["top_ops"]]
+        assert times == sorted(times, reverse=True) and 0 < times[0]
+        assert all(isinstance(top["op"], str) and top["op"] for top in r["top_ops"])
+    # matched dense: same FLOPs/token within 1%
+    assert rows["ec"]["flops_per_token"] == pytest.approx(rows["dense"]["flops_per_token"], rel=0.01)
+    ratios = results["ratios"]["tiny"]
+    assert ratios["ec_mfu_over_dense_mfu"] == pytest.approx(rows["ec"]["mfu"] / rows["dense"]["mfu"])
+    ffn = {r["variant"]: r for r in results["ffn"]}
+    # the same expert FLOPs as the matched dense FFN, plus the router (d_model x experts)
+    assert ffn["ec"]["flops_per_token"] == ffn["dense"]["flops_per_token"] + 6 * 64 * 16
+    table = bench.markdown(results)
+    assert table.count("| tiny | dense | float32 | 8 x 128 |") == 1 and "| tiny | ec |" in table
+    assert json.loads(json.dumps(results)) == results
+
+
+def test_a_step_too_big_for_the_machine_is_skipped_with_the_memory_it_needs(monkeypatch):
+    monkeypatch.setattr(bench, "_physical_memory_bytes", lambda: 2 ** 20)
+    config, num_ids = bench.shape_config("tiny", "dense")
+    row = bench.measure(config, num_ids, repeats=1, warmup=0, ceiling_flops=1e11)
+    assert "GiB of temporaries" in row["skipped"] and "step_seconds" not in row
+
+
+def test_tc_variants_are_capacity_one_and_dropless():
+    tc, _ = bench.shape_config("small", "tc")
+    dropless, _ = bench.shape_config("small", "tc_dropless")
+    assert (tc.moe.routing, tc.moe.tc_capacity_factor) == ("tc", 1.0)
+    assert (dropless.moe.routing, dropless.moe.tc_capacity_factor) == ("tc", 0.0)
+    peer, num_ids = bench.shape_config("peer", "ec")
+    assert (peer.model.vocab_size, num_ids, peer.moe.num_experts, peer.moe.num_shared_experts) == (32768, 32767, 8, 0)
+
+
+@pytest.mark.slow
+def test_cli_rejects_an_unknown_shape_before_compiling():
+    out = subprocess.run([sys.executable, "-m", "openmoe2_jax.bench", "--shapes=huge"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "--shapes: 'huge' is not one of" in out.stderr and "Traceback" not in out.stderr
