@@ -1,18 +1,21 @@
 """Training-speed benchmark against this backend's measured matmul ceiling (a benchmark, not a test).
 
-  python -m openmoe2_jax.bench [--shapes=tiny,small,peer] [--output=bench.json] [--repeats=3]
+  python -m openmoe2_jax.bench [--shapes=tiny,small,peer] [--output=bench.json] [--profile_dir=DIR]
 
 In one run, on the current backend (whatever `jax.devices()` gives; the mesh is all data-parallel):
   1. the ceiling: median FLOP/s of a jitted 2048 x 2048 `jnp.dot` in the compute dtype;
-  2. for each shape x {dense (FLOPs-matched), ec, tc}: compile seconds, median train-step seconds
-     (after warm-up, synchronised), tokens/s, model FLOPs/token (flops.py: 6 x active matmul params +
-     attention; rematerialisation is not counted), XLA's own FLOP count of the compiled step, achieved
-     FLOP/s, MFU = achieved / ceiling, compiled temporary memory, the temporary memory at twice the
-     batch (compiled, never run: linear means <= 2x) and the process's peak RSS during the variant;
+  2. for each shape x VARIANTS (dense FLOPs-matched, ec, tc at capacity factor 1, dropless tc):
+     compile seconds, median train-step seconds (after warm-up, synchronised), tokens/s, model
+     FLOPs/token (flops.py: 6 x active matmul params + attention; rematerialisation is not counted),
+     XLA's own FLOP count of the compiled step, achieved FLOP/s, MFU = achieved / ceiling, compiled
+     temporary memory, the temporary memory at twice the batch (compiled, never run: linear means
+     <= 2x) and the process's peak RSS during the variant; and the FFN layer alone (forward +
+     backward on the same tokens), which isolates routing and dispatch from the vocabulary head;
   3. ratios: EC tokens/s / TC tokens/s and MoE MFU / dense MFU, per shape;
   4. the remat policies (config.model.remat) on one shape: memory against time;
   5. the EC top-k implementations at the paper shape (kernels/bench_ec_topk.py).
-Writes everything as JSON (`--output`) and prints markdown tables.
+Writes everything as JSON (`--output`) and prints markdown tables. `--profile_dir` also writes a
+jax.profiler trace per variant and prints its most expensive XLA ops.
 
 Shapes: `tiny` and `small` are configs/scales.py (small at a CPU-sized batch, see SHAPES); `peer` is
 DESIGN.md's fixed peer shape (4 x 256, 4 heads x 64, seq 256, batch 8, vocabulary 32,768, FFN 512,

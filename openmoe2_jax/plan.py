@@ -10,9 +10,11 @@ Chip figures (per chip; Cloud TPU documentation, cloud.google.com/tpu/docs/<vers
 Assumptions (estimates, not measurements):
   - state per chip: fp32 parameters + AdamW moments (12 bytes a parameter) + fp32 gradients (4), each
     parameter divided by the mesh axes its logical axes map to (parallel/sharding.py rules);
-  - activations per chip per layer, bf16 (Korthikanti et al. 2022): s b d (34 + 5 a s / d) bytes with
-    remat none (attention scores materialised, as this XLA attention does), 2 s b d with full remat,
-    s b = tokens on the chip; the plan reports both;
+  - activations per chip, bf16 (Korthikanti et al. 2022): with remat none, 34 s b d bytes per layer
+    kept for the backward (the attention's backward is FlashAttention's: no a s^2 scores are kept,
+    models/layers.py), plus one layer's float32 scores and probabilities, 8 a s^2 b bytes, alive
+    while that layer runs; with full remat 2 s b d per layer (its input) plus that same transient;
+    s b = tokens on the chip, a = heads (both divided by `tensor`); the plan reports both;
   - expert all-to-all: 4 per MoE layer and step (dispatch + combine, forward + backward), each moving
     tokens x k cf x d bf16 values, the share (expert - 1) / expert leaving the chip;
   - step time >= max(compute at peak, expert all-to-all over ICI, gradient all-reduce of the parameters
@@ -102,8 +104,9 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     tokens = config.train.batch_size * config.data.seq_len
     tokens_chip = tokens / batch_shards
     s, d, L, a = config.data.seq_len, m.d_model, m.num_layers, m.num_heads
-    act_none = L * tokens_chip * d * (34 + 5 * a * s / d) / mesh["tensor"]
-    act_full = L * tokens_chip * d * 2
+    transient = 8 * a * s * tokens_chip / mesh["tensor"]   # one layer's fp32 scores + probabilities
+    act_none = L * tokens_chip * d * 34 / mesh["tensor"] + transient
+    act_full = L * tokens_chip * d * 2 + transient
     flops_step = flops.train_flops_per_token(flops.model_config(config), s) * tokens
     compute_s = flops_step / (chips * chip.bf16_flops)
     moe_layers = (L - config.moe.first_dense_layers) if m.ffn == "moe" else 0
