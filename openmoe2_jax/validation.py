@@ -113,6 +113,7 @@ FIELDS: dict[str, Check] = {
     "moe.first_dense_layers": nonneg_int,
     "moe.dense_mlp_dim": nonneg_int,
     "moe.topk_impl": one_of(*ec_topk.IMPLS),
+    "moe.tc_dropless_impl": one_of("auto", "ragged", "blocked"),
     "moe.allow_ec_causal": boolean,
     "moe.upcycle_from": lambda v: None if isinstance(v, str) else "a path (string), '' for none",
     "moe.upcycle_method": one_of("copy", "slice"),

@@ -145,6 +145,44 @@ def test_tc_capacity_without_drops_equals_dropless():
                                np.asarray(roomy.apply({"params": params}, x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sizes", [(7, 0, 130, 1), (0, 0, 0, 64), (16, 16, 16, 16)])
+def test_blocked_grouped_matmul_equals_ragged_dot(sizes):
+    """The off-TPU dropless path (rows padded into 64-row blocks per expert) = jax.lax.ragged_dot, in
+    value and gradients, for uneven, empty and block-aligned groups."""
+    from openmoe2_jax.models import moe  # pylint: disable=import-outside-toplevel
+    E, d, f, A = len(sizes), 8, 16, sum(sizes)
+    ks = jax.random.split(jax.random.key(0), 5)
+    x = jax.random.normal(ks[0], (A, d))
+    w_gate, w_up = (jax.random.normal(k, (E, d, f)) for k in ks[1:3])
+    w_down = jax.random.normal(ks[3], (E, f, d))
+    probe = jax.random.normal(ks[4], (A, d))
+    group_sizes = jnp.asarray(sizes, jnp.int32)
+
+    def ragged(x, wg, wu, wd):
+        h = jax.nn.silu(jax.lax.ragged_dot(x, wg, group_sizes)) * jax.lax.ragged_dot(x, wu, group_sizes)
+        return jnp.sum(jax.lax.ragged_dot(h, wd, group_sizes) * probe)
+
+    def blocked(x, wg, wu, wd):
+        return jnp.sum(moe.blocked_swiglu(x, group_sizes, wg, wu, wd) * probe)
+
+    args = (x, w_gate, w_up, w_down)
+    np.testing.assert_allclose(blocked(*args), ragged(*args), rtol=1e-5)
+    for got, want in zip(jax.grad(blocked, (0, 1, 2, 3))(*args), jax.grad(ragged, (0, 1, 2, 3))(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    dest, block_group = moe.grouped_rows(group_sizes, A)
+    assert len(set(np.asarray(dest).tolist())) == A          # every row has its own slot
+    assert block_group.shape == (-(-A // moe.BLOCK) + E,)
+
+
+def test_dropless_tc_layer_is_the_same_with_either_grouped_matmul():
+    x = jax.random.normal(jax.random.key(0), (2, 40, 16))
+    blocked = MoEFFN(_moe_cfg(routing="tc", num_groups=2, tc_dropless_impl="blocked"), 0.02, 0.02)
+    ragged = MoEFFN(_moe_cfg(routing="tc", num_groups=2, tc_dropless_impl="ragged"), 0.02, 0.02)
+    params = blocked.init(jax.random.key(1), x)["params"]
+    np.testing.assert_allclose(np.asarray(blocked.apply({"params": params}, x)),
+                               np.asarray(ragged.apply({"params": params}, x)), rtol=1e-5, atol=1e-6)
+
+
 def test_tc_capacity_drops_later_choices_first():
     logits = jnp.asarray([[[5.0, 4.0, 0.0], [5.0, 0.0, 4.0], [5.0, 4.0, 0.0]]])  # all want expert 0 first
     expert, gate, _ = routing.token_choice(logits, 2)

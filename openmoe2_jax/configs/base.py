@@ -56,6 +56,8 @@ def get_config(arg=None):
         first_dense_layers=0,      # the first N layers use a dense FFN
         dense_mlp_dim=0,           # width of those dense layers; 0 = model.mlp_dim
         topk_impl="xla",           # the EC top-k implementation
+        tc_dropless_impl="auto",   # dropless TC grouped matmul: ragged (jax.lax.ragged_dot) | blocked
+                                   # (rows padded to 64-row blocks) | auto (ragged on TPU, else blocked)
         allow_ec_causal=False,     # EC leaks the future in a causal model; True waives that refusal
         upcycle_from="",           # workdir of a dense run to initialise the experts from
         upcycle_method="copy",     # copy (f = dense width) | slice (experts = slices of the dense FFN)

@@ -12,9 +12,12 @@ device runs its experts on [G/(data*fsdp), E/expert, C, d] with its shard of the
 scatter-add combines them. We use sharding constraints rather than shard_map so the same code runs
 unchanged on any mesh, including one device.
 
-Dropless token choice sorts all assignments by expert and runs `jax.lax.ragged_dot` (grouped matmul):
-exact and memory-linear, but its sort is global, so with expert parallelism at scale use token choice
-with a capacity factor (the same slot layout and all-to-all as EC).
+Dropless token choice sorts all assignments by expert and runs a grouped matmul: `jax.lax.ragged_dot`
+on TPU (`moe.tc_dropless_impl = ragged`), which XLA lowers natively there; elsewhere (`blocked`) each
+expert's rows are padded to a multiple of BLOCK rows and every block multiplies its expert's weights,
+because XLA:CPU lowers ragged_dot to a product of every row with every expert (E times the FLOPs and
+temporaries: 48 GiB for the `small` scale's step). Both are exact; the sort is global, so with expert
+parallelism at scale use token choice with a capacity factor (the same slot layout and all-to-all as EC).
 
 Auxiliary losses (router z-loss, TC load balance, EC token-wise balance) and routing statistics are
 sown into the `moe_losses` and `moe_stats` collections; the objective adds the losses to the loss.
@@ -50,6 +53,44 @@ class MoEConfig:
     ec_balance_loss: float
     scaling: tuple | float | None  # EC: table indexed by n_t; TC: a constant; None = off
     topk_impl: str
+    tc_dropless_impl: str = "auto"  # ragged | blocked | auto (ragged on TPU, blocked elsewhere)
+
+
+BLOCK = 64  # rows per block of the blocked grouped matmul
+
+
+def grouped_rows(group_sizes, num_rows: int, block: int = BLOCK):
+    """The blocked layout of `num_rows` rows sorted into len(group_sizes) consecutive groups.
+
+    Each group is padded to a multiple of `block` rows. Returns (dest [num_rows]: each row's position
+    in the padded layout, block_group [num_blocks]: the group of each block), with the static bound
+    num_blocks = ceil(num_rows / block) + groups (blocks past the last group hold only zeros).
+    """
+    groups = group_sizes.shape[0]
+    num_blocks = -(-num_rows // block) + groups
+    padded = (group_sizes + block - 1) // block * block                       # [E]
+    padded_end = jnp.cumsum(padded)
+    end = jnp.cumsum(group_sizes)
+    row = jnp.arange(num_rows)
+    group = jnp.searchsorted(end, row, side="right")                           # [A]
+    dest = (padded_end - padded)[group] + row - (end - group_sizes)[group]     # [A], distinct
+    block_group = jnp.searchsorted(padded_end, jnp.arange(num_blocks) * block, side="right")
+    return dest, jnp.minimum(block_group, groups - 1)
+
+
+def blocked_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down, block: int = BLOCK):
+    """Per-group SwiGLU of rows sorted by group: x [A, d], group_sizes [E] (sum = A), weights [E, ...]
+    -> [A, d]. Each block of `block` rows multiplies its group's weights: FLOPs <= (A + E block) / A
+    times the exact count, memory linear in A."""
+    A, d = x_sorted.shape
+    dest, block_group = grouped_rows(group_sizes, A, block)
+    num_blocks = block_group.shape[0]
+    xb = jnp.zeros((num_blocks * block, d), x_sorted.dtype).at[dest].set(
+        x_sorted, unique_indices=True).reshape(num_blocks, block, d)           # [nb, block, d]
+    gate = jnp.einsum("nbd,ndf->nbf", xb, w_gate[block_group])
+    up = jnp.einsum("nbd,ndf->nbf", xb, w_up[block_group])
+    out = jnp.einsum("nbf,nfd->nbd", jax.nn.silu(gate) * up, w_down[block_group])
+    return out.reshape(num_blocks * block, d)[dest]
 
 
 class MoEFFN(nn.Module):
@@ -84,6 +125,9 @@ class MoEFFN(nn.Module):
     def _experts_ragged(self, x_sorted, group_sizes):
         """Routed experts on assignments sorted by expert: [A, d] -> [A, d] (grouped matmul)."""
         w_gate, w_up, w_down = self._expert_weights(x_sorted.shape[-1])
+        impl = self.cfg.tc_dropless_impl
+        if impl == "blocked" or (impl == "auto" and jax.default_backend() != "tpu"):
+            return blocked_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down)
         gate = jax.lax.ragged_dot(x_sorted, w_gate, group_sizes)
         up = jax.lax.ragged_dot(x_sorted, w_up, group_sizes)
         return jax.lax.ragged_dot(jax.nn.silu(gate) * up, w_down, group_sizes)

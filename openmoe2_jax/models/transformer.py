@@ -94,7 +94,7 @@ def resolve_moe(moe, batch_shards: int) -> MoEConfig:
         tc_capacity_factor=moe.tc_capacity_factor, router=moe.router, z_loss=moe.z_loss,
         tc_balance_loss=moe.tc_balance_loss if moe.routing == "tc" else 0.0,
         ec_balance_loss=moe.ec_balance_loss if moe.routing == "ec" else 0.0,
-        scaling=scaling, topk_impl=moe.topk_impl)
+        scaling=scaling, topk_impl=moe.topk_impl, tc_dropless_impl=moe.tc_dropless_impl)
 
 
 class Block(nn.Module):
