@@ -49,7 +49,7 @@ from openmoe2_jax.train import loop, optimizer, state as state_lib
 
 # dense: FLOPs-matched dense FFN. ec: the study's default. tc: token choice with capacity factor 1
 # (the same slot layout, dispatch and expert FLOPs as EC: the equal-active-FLOPs comparison).
-# tc_dropless: the study's dropless token choice (sort + jax.lax.ragged_dot).
+# tc_dropless: the study's dropless token choice (global sort + grouped matmul, moe.tc_dropless_impl).
 VARIANTS = ("dense", "ec", "tc", "tc_dropless")
 REMATS = ("none", "attention", "block")
 
