@@ -25,7 +25,6 @@ Tokens are synthetic (uniform ids): speed does not depend on the text.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import glob
 import json
 import os
@@ -54,22 +53,11 @@ VARIANTS = ("dense", "ec", "tc", "tc_dropless")
 REMATS = ("none", "attention", "block")
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    name: str
-    batch: int          # sequences per step in the benchmark
-    note: str
-
-
-SHAPES = {
-    "tiny": Shape("tiny", 8, "configs/scales.py tiny: 4 x 64, 16+2 experts of 32, k=2, seq 128, cl100k"),
-    # The small scale trains at batch 64 (65,536 tokens, ~2 min a step on 2 CPU cores); the
-    # benchmark times 4 sequences, enough to keep every matmul in its large-matrix regime.
-    "small": Shape("small", 4, "configs/scales.py small: 8 x 512, 64+2 experts of 128, k=6, seq 1024, "
-                               "cl100k; batch 4 of 64"),
-    "peer": Shape("peer", 8, "DESIGN.md peer shape: 4 x 256, 4x64 heads, seq 256, vocab 32,768, FFN 512, "
-                             "MoE 8x512 k=2 no shared, fp32"),
-}
+# Sequences per benchmarked step. tiny: configs/scales.py tiny (4 x 64, 16+2 experts of 32, k=2,
+# seq 128). small: configs/scales.py small (8 x 512, 64+2 experts of 128, k=6, seq 1024), which trains
+# at batch 64 (~2 min a step on 2 CPU cores); 4 sequences keep every matmul in its large-matrix
+# regime. peer: DESIGN.md's peer shape (seq 256, batch 8).
+SHAPES = {"tiny": 8, "small": 4, "peer": 8}
 
 
 def default_dtype() -> str:
@@ -96,7 +84,7 @@ def shape_config(shape: str, variant: str, remat: str = "none", dtype: str | Non
     else:
         c = scales.get(shape)
         num_ids = CL100K_NUM_IDS
-    c.train.batch_size = SHAPES[shape].batch
+    c.train.batch_size = SHAPES[shape]
     c.model.remat = remat
     if shape != "peer":
         c.model.dtype = dtype or default_dtype()
@@ -222,9 +210,9 @@ def measure(config, num_ids: int, *, repeats: int = 3, warmup: int = 1, ceiling_
     tokens_per_step = batch * seq
     flops_per_token = flops.train_flops_per_token(model_cfg, seq)
     achieved = flops_per_token * tokens_per_step / step_s
+    counts = flops.param_counts(model_cfg)
     return dict(
-        batch=batch, seq=seq, params=flops.param_counts(model_cfg)["total"],
-        active_params=flops.param_counts(model_cfg)["active"],
+        batch=batch, seq=seq, params=counts["total"], active_params=counts["active"],
         compile_seconds=compile_s, step_seconds=step_s, step_seconds_all=times,
         tokens_per_second=tokens_per_step / step_s, flops_per_token=flops_per_token,
         hlo_flops_per_token=hlo_flops / tokens_per_step, achieved_flops_per_second=achieved,
@@ -333,7 +321,9 @@ def run(shapes=("tiny", "small", "peer"), variants=VARIANTS, *, repeats: int = 3
         log(f"{shape} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     if remat_shape:
         for remat in REMATS:
-            results["remat"].append(one(remat_shape, remat_variant, remat)[0])
+            ran = [r for r in results["rows"] if (r["shape"], r["variant"], r["remat"]) ==
+                   (remat_shape, remat_variant, remat)]  # remat none: the main table has it already
+            results["remat"].append(ran[0] if ran else one(remat_shape, remat_variant, remat)[0])
     if topk:
         from openmoe2_jax.kernels import bench_ec_topk  # pylint: disable=import-outside-toplevel
         for row in bench_ec_topk.run(bench_ec_topk.SHAPES[:1], repeats=repeats):

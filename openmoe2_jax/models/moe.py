@@ -122,7 +122,7 @@ class MoEFFN(nn.Module):
                                        ("activation_group", "activation_exp", None, "activation_mlp"))
         return jnp.einsum("gecf,efd->gecd", h, w_down)
 
-    def _experts_ragged(self, x_sorted, group_sizes):
+    def _experts_grouped(self, x_sorted, group_sizes):
         """Routed experts on assignments sorted by expert: [A, d] -> [A, d] (grouped matmul)."""
         w_gate, w_up, w_down = self._expert_weights(x_sorted.shape[-1])
         impl = self.cfg.tc_dropless_impl
@@ -220,7 +220,7 @@ class MoEFFN(nn.Module):
         order = jnp.argsort(flat, stable=True)
         token = order // k
         sizes = jnp.bincount(flat, length=self.cfg.num_experts).astype(jnp.int32)
-        out = self._experts_ragged(x[token], sizes)                                  # [T k, d]
+        out = self._experts_grouped(x[token], sizes)                                  # [T k, d]
         out = out * gate.reshape(-1)[order][:, None].astype(out.dtype)
         return jnp.zeros_like(x).at[token].add(out)
 
