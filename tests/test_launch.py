@@ -1,8 +1,10 @@
 """The gcloud commands of the TPU launcher (checked without running gcloud)."""
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -18,10 +20,47 @@ def test_create_plain_and_spot():
     assert "--spot" in spot and "--node-id=moe" in spot and "--project=p" in spot
 
 
-def test_setup_copies_and_installs_on_every_worker():
-    scp, ssh = launch.commands("setup", "moe", "z")
-    assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"] and "--worker=all" in scp
-    assert "--worker=all" in ssh and "jax[tpu]" in ssh[-1] and "pip install" in ssh[-1]
+def test_setup_copies_the_committed_source_tree_and_installs_a_supported_python_on_every_worker():
+    archive, scp, ssh = launch.commands("setup", "moe", "z", repo="/src", python="3.13")
+    assert archive == ["git", "-C", "/src", "archive", "--format=tar.gz",
+                       "--output=/tmp/openmoe2_jax-moe-src.tar.gz", "HEAD"]
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--recurse" not in scp
+    assert scp[5:7] == ["/tmp/openmoe2_jax-moe-src.tar.gz", "moe:~/openmoe2_jax-src.tar.gz"]
+    assert "--worker=all" in scp and "--worker=all" in ssh
+    steps = ssh[-1].removeprefix("--command=").split(" && ")
+    assert steps[0] == "python3 -m pip install --user --quiet --upgrade uv"  # the system Python only bootstraps uv
+    assert steps[1:4] == ["rm -rf ~/openmoe2_jax", "mkdir -p ~/openmoe2_jax",
+                          "tar -xzf ~/openmoe2_jax-src.tar.gz -C ~/openmoe2_jax"]
+    assert steps[4] == "~/.local/bin/uv venv --clear --python 3.13 ~/openmoe2_jax_venv"
+    # jax[tpu] with exactly setup.py's jax bounds (read from the file, not from the launcher's source).
+    bounds = re.search(r'"jax(>=[^"]+)"', open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read())[1]
+    install = shlex.split(steps[5])
+    assert install[:4] == ["~/.local/bin/uv", "pip", "install", "--python"] and install[-1] == "~/openmoe2_jax"
+    assert install[4] == "~/openmoe2_jax_venv/bin/python" and install[5].startswith("jax[tpu]")
+    assert set(install[5].removeprefix("jax[tpu]").split(",")) == set(bounds.split(","))
+    with pytest.raises(ValueError, match="--python='3.10'"):
+        launch.commands("setup", "moe", "z", python="3.10")
+
+
+def test_setup_archive_holds_tracked_files_only(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "pkg/a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    (repo / "runs" / "big").mkdir(parents=True)     # a local run and a virtualenv: never copied
+    (repo / "runs" / "big" / "ckpt").write_text("x")
+    (repo / ".venv").mkdir()
+    (repo / "pkg" / "a.py").write_text("x = 2\n")   # an uncommitted edit: the commit is copied
+    archive_cmd = launch.commands("setup", f"t{os.getpid()}", "z", repo=str(repo))[0]
+    subprocess.run(archive_cmd, check=True)
+    out = archive_cmd[-2].removeprefix("--output=")
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["pkg", "pkg/a.py"]
+        assert tar.extractfile("pkg/a.py").read() == b"x = 1\n"
+    os.remove(out)
 
 
 def test_run_starts_one_training_command_on_all_workers_with_overrides():
@@ -29,7 +68,7 @@ def test_run_starts_one_training_command_on_all_workers_with_overrides():
                              workdir="gs://b/runs/ec", overrides=["moe.topk_impl=auto", "config.train.steps=10"])
     command = ssh[-1].removeprefix("--command=")
     assert "--worker=all" in ssh
-    assert ("python3 -m openmoe2_jax.train --config=openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper "
+    assert ("~/openmoe2_jax_venv/bin/python -m openmoe2_jax.train --config=openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper "
             "--workdir=gs://b/runs/ec --config.moe.topk_impl=auto --config.train.steps=10") in command
     assert command.startswith("cd ~/openmoe2_jax && nohup ") and command.endswith("2>&1 &")
     with pytest.raises(ValueError, match="--workdir is required"):

@@ -44,8 +44,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective_cfg, 
         lambda p: loss_fn(p, batch, rng), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
