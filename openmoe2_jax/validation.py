@@ -145,6 +145,8 @@ FIELDS: dict[str, Check] = {
     "eval.num_batches": positive_int,
     "eval.mc_samples": positive_int,
     "eval.seed": nonneg_int,
+    "eval.compressors": lambda v: (None if isinstance(v, (tuple, list)) and set(v) <= {"xz", "bz2"}
+                                   else "a tuple of 'xz' and/or 'bz2' (empty: none)"),
     "eval.hellaswag_file": lambda v: None if isinstance(v, str) else "a path (string), '' for none",
     "eval.mmlu_dir": lambda v: None if isinstance(v, str) else "a path (string), '' for none",
     "checkpoint.every_steps": positive_int,

@@ -19,7 +19,7 @@ def small_config():
     c.objective.random_length_buckets = (8, 16, 24)
     c.data.update(seq_len=32)
     c.train.update(steps=6, batch_size=8, warmup_steps=2)
-    c.eval.update(every_steps=0, num_batches=2)
+    c.eval.update(every_steps=0, num_batches=2, compressors=())
     c.checkpoint.update(every_steps=3, keep=3, async_save=False)
     c.log_every_steps = 1
     return c

@@ -51,6 +51,7 @@ CONFIG_CASES = [
     (lambda c: c.moe.update(num_groups=3), "num_groups = 3 does not split"),
     (lambda c: c.moe.__setitem__("routing", "hash"), "config.moe.routing = 'hash'"),
     (lambda c: c.objective.__setitem__("kind", "ar"), "leaks the future into a causal model"),
+    (lambda c: c.eval.__setitem__("compressors", ("gzip",)), "config.eval.compressors = .*'xz' and/or 'bz2'"),
 ]
 
 

@@ -51,25 +51,33 @@ def _masked_ce_sums(model, params, x, positions):
     return out
 
 
-def test_elbo_estimator_converges_to_the_exact_expectation(config):
+def test_validation_elbo_is_unbiased_for_the_exact_elbo_without_the_forced_mask(config):
     model, params = _dense_model(config)
     x = [5, 17, 42, 8]
-    L, eps = len(x), 1e-3
+    L = len(x)
     S = _masked_ce_sums(model, params, x, list(range(L)))
-    # Exact: E_u[ sum_{m != {}} t^|m| (1-t)^(L-|m|) S(m) / t + (1-t)^L mean_i S({i}) / t ], t = (1-eps)u + eps.
-    u = np.linspace(0, 1, 400_001)
-    t = (1 - eps) * u + eps
-    integrand = sum(t ** len(m) * (1 - t) ** (L - len(m)) * s for m, s in S.items()) / t
-    integrand += (1 - t) ** L * np.mean([S[(i,)] for i in range(L)]) / t
-    exact = np.trapezoid(integrand, u)
+    # Exact ELBO by enumeration: int_0^1 (1/t) sum_{m != {}} t^|m| (1-t)^(L-|m|) S(m) dt, with no t floor
+    # and no forced mask (the empty mask contributes nothing) ...
+    t = np.linspace(0, 1, 400_001)
+    exact = np.trapezoid(sum(t ** (len(m) - 1) * (1 - t) ** (L - len(m)) * s for m, s in S.items()), t)
+    # ... which integrates to sum_l (1/l) mean_{|m| = l} S(m).
+    by_size = sum(np.mean([s for m, s in S.items() if len(m) == l]) / l for l in range(1, L + 1))
+    assert abs(exact - by_size) < 1e-6 * by_size
+    # The training loss's expectation (t floored at eps, one forced mask when none drew) is larger.
+    eps = 1e-3
+    tt = (1 - eps) * t + eps
+    training = np.trapezoid(sum(tt ** len(m) * (1 - tt) ** (L - len(m)) * s for m, s in S.items()) / tt
+                            + (1 - tt) ** L * np.mean([S[(i,)] for i in range(L)]) / tt, t)
+    assert training > exact * 1.05
 
-    fn = jax.jit(likelihood.make_validation_fn(model, _objective(), NUM_IDS, seed=0, mc_samples=16))
-    batch = jnp.asarray([x] * 512)
-    per_row = np.concatenate([np.asarray(fn(params, batch, i)["nats"]) for i in range(4)])
-    # Each row's value is itself a mean of 16 samples; the rows are independent.
-    mean, se = per_row.mean(), per_row.std() / math.sqrt(len(per_row))
-    assert abs(mean - exact) < 4 * se, (mean, exact, se)
-    assert se < 0.05 * exact  # the check has power
+    for mc_samples in (1, 3, 16):  # unbiased whatever the number of strata
+        fn = jax.jit(likelihood.make_validation_fn(model, _objective(), NUM_IDS, seed=0, mc_samples=mc_samples))
+        batch = jnp.asarray([x] * 2048)
+        per_row = np.concatenate([np.asarray(fn(params, batch, i)["nats"]) for i in range(2)])
+        mean, se = per_row.mean(), per_row.std() / math.sqrt(len(per_row))
+        assert abs(mean - exact) < 4 * se, (mc_samples, mean, exact, se)
+        assert se < 0.05 * exact  # the check has power
+        assert abs(mean - training) > 4 * se  # and it tells the two apart
 
 
 def test_conditional_estimator_converges_to_the_exact_expectation(config):

@@ -23,6 +23,7 @@ def test_readme_main_command_trains_the_tiny_default(tmp_path):
     assert len(progress) == 2 and "ETA" in progress[0] and "loss" in progress[0]
     assert any("validation loss" in l for l in lines)
     assert lines[-1].startswith("done: 4 steps") and "tokens seen" in lines[-1] and "wall" in lines[-1]
+    assert "bits/byte, xz -9e " in lines[-1] and "bz2 -9 " in lines[-1]
 
     acc = EventAccumulator(str(workdir / "tensorboard"))
     acc.Reload()
@@ -37,4 +38,8 @@ def test_readme_main_command_trains_the_tiny_default(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 8 * 128
     assert 0 < summary["final_validation_loss"] < 20
+    # bits/byte = nats/token x tokens / ln 2 / bytes: a cl100k token of English is 3-5 bytes.
+    assert 0.15 < summary["final_validation_bits_per_byte"] / summary["final_validation_loss"] < 0.5
+    assert set(summary["compressor_bits_per_byte"]) == {"xz", "bz2"}
+    assert all(1.0 < v < 3.0 for v in summary["compressor_bits_per_byte"].values())
     assert json.loads((workdir / "config.json").read_text())["model"]["d_model"] == 128

@@ -101,6 +101,7 @@ def get_config(arg=None):
         num_batches=8,             # validation batches (fixed rows, fixed masks)
         mc_samples=1,              # diffusion: corruptions per validation row (ELBO samples)
         seed=0,                    # fixes the validation masks, independent of the training seed
+        compressors=(),            # ("xz", "bz2"): their bits/byte on the validation text, in the summary
         hellaswag_file="",         # hellaswag_val.jsonl for `python -m openmoe2_jax.eval --task=hellaswag`
         mmlu_dir="",               # the MMLU 'data' directory (dev/, val/) for --task=mmlu
     ))

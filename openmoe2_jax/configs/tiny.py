@@ -14,7 +14,7 @@ def get_config(arg=None):
     c.objective.random_length_buckets = (32, 64, 96)
     c.data.update(seq_len=128, validation_fraction=0.02, num_epochs=0)
     c.train.update(steps=200, batch_size=8, learning_rate=3e-3, warmup_steps=20)
-    c.eval.update(every_steps=100, num_batches=4)
+    c.eval.update(every_steps=100, num_batches=4, compressors=("xz", "bz2"))
     c.checkpoint.update(every_steps=100, keep=2)
     c.log_every_steps = 10
     return c

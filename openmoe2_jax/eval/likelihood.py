@@ -1,10 +1,16 @@
 """Likelihoods for diffusion and AR models (SCIENCE.md §5).
 
 Validation loss.
-  diffusion: the training ELBO estimator (t ~ U(eps, 1) per row, Bernoulli(t) masks, at least one
-  mask per row, sum of masked CE / t over the row's tokens) with the corruption fixed by a key folded
-  with the batch index and the sample index: `mc_samples` independent corruptions per row, averaged.
-  Two checkpoints or two runs evaluated with the same seed see exactly the same masks.
+  diffusion: an unbiased estimate of the ELBO of each row of L tokens,
+      -log p(x) <= int_0^1 (1/t) E_{m ~ Bernoulli(t)^L} [sum_{i in m} CE_i(x with m masked)] dt
+                 = sum_{l=1}^{L} (1/l) E_{|m| = l} [S(m)]                 (integrating t out: 1/l),
+  estimated with `mc_samples` masks per row: sample s masks exactly l_s tokens chosen uniformly, with
+  l_s = 1 + floor((s + u_s) L / M) and u_s ~ U(0, 1) (l stratified over 1..L, uniform on average), and
+  the row's estimate is mean_s(S(m_s) * L / l_s). Unlike the training loss it has no t floor and no
+  forced mask (training masks one token of a row that drew none, which adds about
+  int (1 - t)^L / t dt x CE to the expectation), so it is the same bound the AR NLL is compared with.
+  The masks come from a key folded with the batch index and the sample index: two checkpoints or two
+  runs evaluated with the same seed see exactly the same masks.
   ar: mean next-token CE over the same rows.
   Both are reported in nats/token and bits/byte (nats summed over the scored tokens / ln 2 / the UTF-8
   bytes of those tokens).
@@ -49,8 +55,8 @@ def token_bytes(tokenizer) -> np.ndarray:
 def make_validation_fn(model, objective_cfg, mask_id: int, seed: int, mc_samples: int):
     """(params, batch [b, s], batch_index) -> dict(nats=[b] summed nats of each row, tokens=[b]).
 
-    For diffusion, `nats` of a row = mean over mc_samples of (sum masked CE / t) — the ELBO estimate of
-    the row's negative log-likelihood; for AR, the exact sum of next-token CE over the row.
+    For diffusion, `nats` of a row = the unbiased ELBO estimate of the module docstring (mc_samples
+    masks of stratified size); for AR, the exact sum of next-token CE over the row.
     """
     apply = step_lib.apply_fn(model)
 
@@ -64,14 +70,13 @@ def make_validation_fn(model, objective_cfg, mask_id: int, seed: int, mc_samples
             return dict(nats=ce.sum(1), tokens=jnp.full((b,), s - 1), scored_from=jnp.ones((b,), jnp.int32))
 
         def one_sample(i):
-            r_t, r_mask = jax.random.split(jax.random.fold_in(key, i))
-            t = diffusion.sample_t(r_t, b, objective_cfg.t_eps, objective_cfg.low_discrepancy)
-            noisy, masked = diffusion.corrupt(r_mask, batch, t, valid, mask_id)
-            logits, _ = apply(params, noisy, valid)
-            ratio = masked.sum(1) / s
-            w = t if objective_cfg.weight == "t" else ratio
+            r_count, r_mask = jax.random.split(jax.random.fold_in(key, i))
+            jitter = jax.random.uniform(r_count, (b,))
+            counts = jnp.minimum(1 + jnp.floor((i + jitter) * s / mc_samples).astype(jnp.int32), s)  # [b]
+            masked = mask_exactly(r_mask, valid, counts)
+            logits, _ = apply(params, jnp.where(masked, mask_id, batch), valid)
             ce = common.cross_entropy(logits, batch)
-            return jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / w
+            return jnp.sum(jnp.where(masked, ce, 0.0), axis=1) * s / counts
 
         nats = jax.lax.map(one_sample, jnp.arange(mc_samples)).mean(0)
         return dict(nats=nats, tokens=jnp.full((b,), s), scored_from=jnp.zeros((b,), jnp.int32))

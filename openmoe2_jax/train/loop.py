@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from openmoe2_jax import flops, validation
-from openmoe2_jax.data import pipeline
+from openmoe2_jax.data import baselines, pipeline
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
@@ -36,6 +37,8 @@ class Summary:
     train_losses: dict            # step -> loss, for every step this run took
     resumed_from: int | None
     preempted: bool = False       # stopped early by SIGTERM (a checkpoint was saved at `steps`)
+    final_validation_bits_per_byte: float = float("nan")
+    compressor_bits_per_byte: dict = dataclasses.field(default_factory=dict)  # on the same validation text
 
 
 def _format_seconds(s: float) -> str:
@@ -204,17 +207,31 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
         if writer:
             writer.close()
 
+    # Bits/byte: the validation nats over the UTF-8 bytes of the scored tokens of every process's rows.
+    val_rows = np.concatenate(pipeline.validation_batches(corpus.validation, seq_len, batch,
+                                                          config.eval.num_batches))
+    ar = config.objective.kind == "ar"
+    scored_tokens = val_rows[:, 1:].size if ar else val_rows.size
+    val_bpb = val_loss * scored_tokens / math.log(2) / likelihood.row_bytes(tokenizer, val_rows, skip_first=ar)
+    compressed = {}
+    if config.eval.compressors and process == 0 and np.isfinite(val_loss):
+        context = corpus.train[-(8 << 20):]  # >= the 8 MiB the compressors look back (a token is >= 1 byte)
+        compressed = baselines.baselines(tokenizer.decode(context).encode("utf-8"),
+                                         tokenizer.decode(val_rows).encode("utf-8"), config.eval.compressors)
+
     tail = [losses[s] for s in sorted(losses)[-config.log_every_steps:]]
     summary = Summary(
         steps=last, final_train_loss=float(np.mean(tail)) if tail else float("nan"),
         final_validation_loss=val_loss, tokens_seen=last * tokens_per_step,
         wall_seconds=time.time() - t_start,
         tokens_per_second=(last - first) * tokens_per_step / wall_loop if last > first else 0.0,
-        train_losses=losses, resumed_from=resumed_from, preempted=preempted)
+        train_losses=losses, resumed_from=resumed_from, preempted=preempted,
+        final_validation_bits_per_byte=val_bpb, compressor_bits_per_byte=compressed)
     if process == 0:
         (workdir / "summary.json").write_text(json.dumps(
             {k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"}, indent=2))
+    against = "".join(f", {baselines.LABELS[k]} {v:.3f}" for k, v in compressed.items())
     log(f"done: {last} steps | final train loss {summary.final_train_loss:.4f} | validation loss "
-        f"{val_loss:.4f} | {summary.tokens_seen:,} tokens seen | {_format_seconds(summary.wall_seconds)}"
-        f" wall | {summary.tokens_per_second:,.0f} tok/s")
+        f"{val_loss:.4f} ({val_bpb:.3f} bits/byte{against}) | {summary.tokens_seen:,} tokens seen | "
+        f"{_format_seconds(summary.wall_seconds)} wall | {summary.tokens_per_second:,.0f} tok/s")
     return summary
