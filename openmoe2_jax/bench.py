@@ -462,4 +462,4 @@ if __name__ == "__main__":
     _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results.")
     _PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Write jax.profiler traces here and print each "
                                                           "variant's most expensive XLA ops.")
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,7 +1,11 @@
-"""What every command-line entry point shares: quiet library logging, and user errors without tracebacks."""
+"""What every command-line entry point shares: flag parsing that names a bad override, quiet library
+logging, and user errors without tracebacks."""
 import contextlib
+import re
+import sys
 
 from absl import flags, logging
+from ml_collections import config_flags
 
 from openmoe2_jax import errors
 
@@ -19,3 +23,59 @@ def user_errors(*extra):
         yield
     except (*errors.USER_ERRORS, *extra) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+_OVERRIDE = re.compile(r"--(config(?:\.[A-Za-z0-9_]+)+)(?:=|$)")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (pass as `app.run(main, flags_parser=cli.parse_flags)`), with bad config
+    overrides as one `error:` line and exit status 2 instead of a traceback.
+
+    Refused: an override of a key the config does not have (`--config.model.nonexistent=1`), a value
+    that does not parse as the key's type, and the same key given twice (`--config.data.paths=...`
+    twice: which one wins would be a guess, so neither does).
+    """
+    keys = [m.group(1) for arg in argv[1:] if (m := _OVERRIDE.match(arg))]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        sys.exit(f"error: --{repeated[0]} is given {keys.count(repeated[0])} times; give each config "
+                 "override once.")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --help to see the flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these while applying a --config.a.b=value override.
+        sys.exit(f"error: {_unknown_field(keys, e)}")
+
+
+def define_config_file(name: str, default: str, help_string: str):
+    """config_flags.DEFINE_config_file, with an override of a field the config lacks as one `error:` line.
+
+    ml_collections resolves the types of `--config.a.b=...` overrides against the default config as
+    soon as the flag is defined (it reads sys.argv then), so a misspelt field fails here, at import.
+    """
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string)
+    except (AttributeError, KeyError) as e:
+        keys = [m.group(1) for arg in sys.argv[1:] if (m := _OVERRIDE.match(arg))]
+        sys.exit(f"error: {_unknown_field(keys, e)}")
+
+
+def _unknown_field(keys: list[str], error: Exception) -> str:
+    """The message for an override whose path names a field the config does not have.
+
+    ml_collections raises KeyError("'name'\\nDid you mean ...?"), sometimes wrapped in an AttributeError.
+    """
+    inner = error.args[0] if error.args else error
+    text = str(inner.args[0] if isinstance(inner, BaseException) and inner.args else inner)
+    name, *hint = text.splitlines()
+    name = name.strip("\"' ")
+    for key in keys:
+        parts = key.split(".")
+        if name in parts[1:]:
+            parent = ".".join(parts[:parts.index(name, 1)])
+            return (f"--{key}: {parent} has no field {name!r}.{' ' + hint[0] if hint else ''} "
+                    "Every field is defined in openmoe2_jax/configs/base.py.")
+    return f"cannot apply the config overrides {', '.join('--' + k for k in keys)}: {text}"

@@ -3,4 +3,5 @@ from openmoe2_jax.data.sources import CorpusError
 from openmoe2_jax.train.checkpoint import CheckpointError
 from openmoe2_jax.validation import ConfigError
 
-USER_ERRORS = (ConfigError, CorpusError, CheckpointError)
+# FloatingPointError: the loss diverged (NaN/inf); the message says at which step and what was kept.
+USER_ERRORS = (ConfigError, CorpusError, CheckpointError, FloatingPointError)

@@ -124,7 +124,6 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app  # pylint: disable=ungrouped-imports
-    from ml_collections import config_flags
-    from openmoe2_jax import configs
-    _CONFIG = config_flags.DEFINE_config_file("config", configs.path("base"), "Config file.")
-    app.run(main)
+    from openmoe2_jax import cli, configs
+    _CONFIG = cli.define_config_file("config", configs.path("base"), "Config file.")
+    app.run(main, flags_parser=cli.parse_flags)

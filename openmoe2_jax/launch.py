@@ -147,4 +147,5 @@ if __name__ == "__main__":
     _OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")
     _FOLLOW = flags.DEFINE_bool("follow", False, "logs: keep streaming.")
     _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands instead of running them.")
-    app.run(main)
+    from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel
+    app.run(main, flags_parser=cli.parse_flags)

@@ -191,9 +191,8 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=ungrouped-imports
-    from ml_collections import config_flags
-    from openmoe2_jax import configs
-    _CONFIG = config_flags.DEFINE_config_file("config", configs.path("base"), "Config file.")
+    from openmoe2_jax import cli, configs
+    _CONFIG = cli.define_config_file("config", configs.path("base"), "Config file.")
     _TOPOLOGY = flags.DEFINE_string("topology", "v5p-256", "Accelerator type, e.g. v5p-256.")
     _MESH = flags.DEFINE_string("mesh", "", "Optional mesh to evaluate, e.g. data=2,fsdp=8,expert=8.")
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

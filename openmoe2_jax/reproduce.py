@@ -7,4 +7,5 @@ from absl import app
 from openmoe2_jax.experiments.reproduce import main
 
 if __name__ == "__main__":
-    app.run(main)
+    from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel
+    app.run(main, flags_parser=cli.parse_flags)

@@ -143,3 +143,51 @@ def test_cli_prints_the_error_without_a_traceback(tmp_path):
     assert "error: config.model.num_layers = 0 is not allowed: expected a positive integer" in out.stderr
     assert "Traceback" not in out.stderr
     assert not os.listdir(tmp_path)  # the CLI wrote nothing into the workdir
+
+
+def _train_cli(*args, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "openmoe2_jax.train", *args], capture_output=True, text=True,
+                          env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=600)
+
+
+@pytest.mark.parametrize("case", ["unknown_field", "misspelt_group", "repeated_override", "not_utf8",
+                                  "workdir_is_a_file"])
+def test_cli_names_bad_overrides_and_inputs_without_a_traceback(tmp_path, case):
+    workdir = tmp_path / "run"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')   # latin-1, not UTF-8, on line 2
+    args, message = {
+        "unknown_field": (["--config.model.nonexistent=1"],
+                          "--config.model.nonexistent: config.model has no field 'nonexistent'"),
+        "misspelt_group": (["--config.modell.num_layers=1"],
+                           "--config.modell.num_layers: config has no field 'modell'. Did you mean \"model\""),
+        "repeated_override": (["--config.data.paths=('a.jsonl',)", "--config.data.paths=('b.jsonl',)"],
+                              "--config.data.paths is given 2 times; give each config override once"),
+        "not_utf8": (["--config.data.source=jsonl", f"--config.data.paths=('{bad}',)"],
+                     f"{bad}:2: not UTF-8 (byte 0xe9 at column 14)"),
+        "workdir_is_a_file": ([], "is an existing file, not a directory"),
+    }[case]
+    if case == "workdir_is_a_file":
+        workdir.write_text("notes I keep")
+    out = _train_cli(f"--workdir={workdir}", *args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message in out.stderr, out.stderr[-2000:]
+    if case == "workdir_is_a_file":
+        assert workdir.read_text() == "notes I keep"
+    else:
+        assert not workdir.exists()
+
+
+def test_a_diverged_loss_is_an_error_line_and_keeps_the_last_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    out = _train_cli(f"--workdir={workdir}", "--config.train.steps=6", "--config.train.warmup_steps=1",
+                     "--config.checkpoint.every_steps=2", "--config.eval.every_steps=0",
+                     "--config.eval.compressors=()", "--config.train.grad_clip=0.0",
+                     "--config.train.learning_rate=1e12", "--config.log_every_steps=1")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is") and "last checkpoint kept" in last, out.stderr[-2000:]

@@ -6,13 +6,12 @@
 then train with --config.data.source=prepared --config.data.paths='("tokens/",)'.
 """
 from absl import app, flags
-from ml_collections import config_flags
 
 from openmoe2_jax import cli, configs, validation
 from openmoe2_jax.data import pipeline
 from openmoe2_jax.data.tokenizer import get_tokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", configs.path("tiny"), "Config file.")
+_CONFIG = cli.define_config_file("config", configs.path("tiny"), "Config file.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for train.npy, validation.npy, meta.json.",
                                   required=True)
 
@@ -32,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

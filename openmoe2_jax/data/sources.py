@@ -63,8 +63,13 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
 
 
 def _read_jsonl_records(path: str) -> Iterator[dict]:
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                                  f"{e.start + 1}); JSONL corpora must be UTF-8 text") from e
             if not line.strip():
                 continue
             try:

@@ -41,4 +41,5 @@ def main(argv):
 if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
     _SCALE = flags.DEFINE_string("scale", "tiny", "Scale.")
-    app.run(main)
+    from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel
+    app.run(main, flags_parser=cli.parse_flags)

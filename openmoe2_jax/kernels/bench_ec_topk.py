@@ -72,4 +72,5 @@ if __name__ == "__main__":
     from absl import app, flags
     _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
     _OUTPUT = flags.DEFINE_string("output", "", "Optional JSON file for the rows.")
-    app.run(main)
+    from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel
+    app.run(main, flags_parser=cli.parse_flags)

@@ -4,12 +4,11 @@ Trains the config (default: the tiny diffusion LM on the bundled corpus) in DIR,
 latest checkpoint there. The same command runs on CPU and TPU.
 """
 from absl import app, flags
-from ml_collections import config_flags
 
 from openmoe2_jax import cli, configs
 from openmoe2_jax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", configs.path("tiny"), "Config file (and :arg).")
+_CONFIG = cli.define_config_file("config", configs.path("tiny"), "Config file (and :arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, config and summary.",
                                required=True)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process "
@@ -40,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -88,6 +88,9 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     t_start = time.time()
     num_processes, process = jax.process_count(), jax.process_index()
     validation.validate(config, num_devices=jax.device_count(), num_processes=num_processes)
+    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+        raise validation.ConfigError(f"--workdir={workdir} is an existing file, not a directory: name a "
+                                     "new or existing run directory. The file was not touched.")
     tokenizer = get_tokenizer(config.data.tokenizer)
     mesh = sharding.make_mesh(config.mesh)
     model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh))
