@@ -38,13 +38,13 @@ def _losses_per_file(tb_dir):
     return out
 
 
-def _train_cmd(workdir):
+def _train_cmd(workdir, checkpoint_every=2):
     return [sys.executable, "-m", "openmoe2_jax.train", f"--workdir={workdir}",
             "--config.model.num_layers=2", "--config.model.d_model=32", "--config.model.num_heads=2",
             "--config.model.num_kv_heads=2", "--config.model.mlp_dim=64", "--config.data.seq_len=32",
             "--config.objective.random_length_buckets=(8,16)", "--config.train.steps=12",
             "--config.train.warmup_steps=2", "--config.eval.every_steps=0",
-            "--config.checkpoint.every_steps=2", "--config.log_every_steps=1"]
+            f"--config.checkpoint.every_steps={checkpoint_every}", "--config.log_every_steps=1"]
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path):
 def test_sigterm_saves_at_a_step_boundary_and_the_restart_loses_nothing(tmp_path):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     ref_dir, dir_ = tmp_path / "ref", tmp_path / "preempted"
-    cmd = lambda d: _train_cmd(d) + ["--config.checkpoint.every_steps=1000"]  # only the preemption saves
+    cmd = lambda d: _train_cmd(d, checkpoint_every=1000)  # only the preemption saves
     subprocess.run(cmd(ref_dir), check=True, env=env, capture_output=True)
     (reference,) = _losses_per_file(ref_dir / "tensorboard")
 
