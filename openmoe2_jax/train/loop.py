@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from openmoe2_jax import flops, validation
-from openmoe2_jax.data import baselines, pipeline
-from openmoe2_jax.data.tokenizer import get_tokenizer
+from openmoe2_jax.data import baselines, bpe, pipeline
+from openmoe2_jax.data.tokenizer import bpe_num_ranks
 from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
@@ -48,6 +48,13 @@ def _format_seconds(s: float) -> str:
 
 def _write_config(config, workdir: epath.Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _save_vocabulary(tokenizer, workdir: epath.Path) -> None:
+    """A bpe:N run keeps its vocabulary in WORKDIR/tokenizer (once; later runs load it from there)."""
+    directory = workdir / "tokenizer"
+    if bpe_num_ranks(tokenizer.name) is not None and not bpe.files(directory, tokenizer.name)[0].exists():
+        bpe.save(directory, tokenizer)
 
 
 def jit_train_step(config, model, tx, mesh, state_shardings, mask_id: int):
@@ -91,13 +98,20 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
         raise validation.ConfigError(f"--workdir={workdir} is an existing file, not a directory: name a "
                                      "new or existing run directory. The file was not touched.")
-    tokenizer = get_tokenizer(config.data.tokenizer)
+    workdir = epath.Path(workdir)  # a local path or gs://bucket/... (orbax and tensorboardX write there)
+    # The split comes first, as text: a bpe:N vocabulary is trained on the training documents only
+    # (or loaded: the run's own from an earlier start, else a prepared corpus's).
+    prepared = config.data.source == "prepared"
+    split = None if prepared else pipeline.read_split(config.data, config.seed)
+    tokenizer = bpe.run_tokenizer(config.data.tokenizer,
+                                  [workdir / "tokenizer"] + ([config.data.paths[0]] if prepared else []),
+                                  None if prepared else split.train)
     mesh = sharding.make_mesh(config.mesh)
     model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh))
     seq_len, batch = config.data.seq_len, config.train.batch_size
 
     # Data.
-    corpus = pipeline.load_corpus(config.data, tokenizer, config.seed)
+    corpus = pipeline.load_corpus(config.data, tokenizer, config.seed, split)
     available = pipeline.num_train_batches(corpus.train, seq_len, batch, config.data.num_epochs)
     if available is not None and available < config.train.steps:
         raise validation.ConfigError(
@@ -116,13 +130,12 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     tx = optimizer.make(config.train)
     init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
 
-    workdir = epath.Path(workdir)  # a local path or gs://bucket/... (orbax and tensorboardX write there)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = checkpoint.Checkpoints(str(workdir / "checkpoints"), config.checkpoint.keep,
                                    config.checkpoint.async_save)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         abstract, state_shardings = state_lib.abstract_state(init, mesh)
-        resumed_from, state = ckpts.restore_latest_good(abstract, train_iter, log)
+        resumed_from, state = ckpts.restore_latest_good(abstract, train_iter, log, tokenizer.record)
         if resumed_from is not None:
             log(f"resumed from {ckpts.directory}/{resumed_from}")
         else:
@@ -136,6 +149,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
                 log(f"upcycled from {config.moe.upcycle_from} ({config.moe.upcycle_method})")
         if process == 0:
             _write_config(config, workdir)
+            _save_vocabulary(tokenizer, workdir)
         counts = flops.param_counts(model_cfg)
         flops_per_token = flops.train_flops_per_token(model_cfg, seq_len)
         log(f"model: {counts['total']:,} params ({counts['non_embedding']:,} non-embedding), "
@@ -196,7 +210,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
                 log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
                 preempted, last = True, step
             if step % config.checkpoint.every_steps == 0 or step == last:
-                ckpts.save(step, state, train_iter)
+                ckpts.save(step, state, train_iter, tokenizer.record)
             if preempted:
                 break
         wall_loop = time.time() - t_loop
