@@ -227,15 +227,16 @@ def test_resume_with_another_vocabulary_is_refused_naming_both(bpe_run, tmp_path
     config, original = bpe_run
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
-    trained = json.loads(open(os.path.join(workdir, "tokenizer", "bpe_512.json")).read())["sha256"]
+    with open(os.path.join(workdir, "tokenizer", "bpe_512.json")) as f:
+        trained = json.load(f)["sha256"]
     name, theirs = _other_vocabulary(workdir, change)
     before = snapshot(workdir)
     other = config.copy_and_resolve_references()
     other.data.tokenizer = name
     other.train.steps = 4
-    with pytest.raises(errors.VocabularyError, match=rf"\(step 2\) was trained with the vocabulary 'bpe:512' "
-                                                     rf"\(513 ids, sha256 {trained[:12]}.*config.data.tokenizer "
-                                                     rf"= {theirs}"):
+    both = (rf"\(step 2\) was trained with the vocabulary 'bpe:512' \(513 ids, sha256 {trained[:12]}.*"
+            rf"config.data.tokenizer = {theirs}")
+    with pytest.raises(errors.VocabularyError, match=both):
         loop.train(other, workdir, log=quiet)
     assert snapshot(workdir) == before
 
@@ -261,14 +262,16 @@ def test_eval_with_another_vocabulary_is_refused_naming_both(bpe_run, tmp_path, 
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
     name, theirs = _other_vocabulary(workdir, change)
-    saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
     saved["data"]["tokenizer"] = name
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(saved, f)
     if change != "replaced_file":  # the name alone is refused, before any vocabulary is loaded
         theirs = rf"'{name}': its embedding rows"
     before = snapshot(workdir)
-    with pytest.raises(errors.VocabularyError, match=rf"\(step 2\) was trained with the vocabulary 'bpe:512' "
-                                                     rf"\(513 ids, .*config.data.tokenizer = {theirs}"):
+    both = r"\(step 2\) was trained with the vocabulary 'bpe:512' \(513 ids, .*config.data.tokenizer = "
+    both += theirs
+    with pytest.raises(errors.VocabularyError, match=both):
         restore.load(workdir)
     assert snapshot(workdir) == before

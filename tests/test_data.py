@@ -1,9 +1,9 @@
 """The data pipeline: accounting, split, epochs, process sharding, resumable iteration, sources; the
 bpe:N vocabularies (trained on the training split only, deterministic, exact, saved)."""
 import hashlib
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 

@@ -1,12 +1,11 @@
 """Resuming: N steps + restart + N steps == 2N uninterrupted steps, bit for bit on CPU."""
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-
-import hashlib
-import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
