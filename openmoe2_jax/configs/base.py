@@ -10,7 +10,7 @@ import ml_collections
 def get_config(arg=None):
     del arg
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # training randomness: initialisation, order of the training rows, diffusion masks
 
     c.model = ml_collections.ConfigDict(dict(
         # 0 = derive from the tokenizer: its ids + one mask id, padded to `vocab_multiple`.
@@ -100,7 +100,8 @@ def get_config(arg=None):
         every_steps=1000,
         num_batches=8,             # validation batches (fixed rows, fixed masks)
         mc_samples=1,              # diffusion: corruptions per validation row (ELBO samples)
-        seed=0,                    # fixes the validation masks, independent of the training seed
+        seed=0,                    # fixes the train/validation split and the validation masks,
+                                   # independent of the training seed
         compressors=(),            # ("xz", "bz2"): their bits/byte on the validation text, in the summary
         hellaswag_file="",         # hellaswag_val.jsonl for `python -m openmoe2_jax.eval --task=hellaswag`
         mmlu_dir="",               # the MMLU 'data' directory (dev/, val/) for --task=mmlu

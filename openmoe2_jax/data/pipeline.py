@@ -4,9 +4,10 @@ Packing (SCIENCE.md §1): documents are concatenated, each followed by EOT, and 
 rows of `seq_len` tokens with no padding (the tail shorter than a row is dropped). A row may span a
 document boundary; attention is not blocked there, as in LLaDA and MegaDLMs.
 
-Train/validation split: by document, a fixed fraction chosen by a seeded permutation, so the two sets
-never share a document and the split does not depend on the number of processes. The split is made on
-the text, before tokenizing, so that a tokenizer trained per run (bpe:N) sees the training documents only.
+Train/validation split: by document, a fixed fraction chosen by a seeded permutation (the trainer seeds
+it with config.eval.seed, not the training seed), so the two sets never share a document and the split
+does not depend on the number of processes or the training seed. The split is made on the text, before
+tokenizing, so that a tokenizer trained per run (bpe:N) sees the training documents only.
 
 Order: `grain.MapDataset.source(rows).seed(seed).shuffle().repeat(num_epochs)` draws a fresh
 permutation every epoch; in every global batch each process takes its own contiguous block of

@@ -26,10 +26,10 @@ def main(argv):
         validation.validate(config)
         if config.data.source == "prepared":
             raise validation.ConfigError("config.data.source = 'prepared': give the raw corpus to prepare.")
-        split = pipeline.read_split(config.data, config.seed)
+        split = pipeline.read_split(config.data, config.eval.seed)  # the split's seed
         tokenizer = bpe.run_tokenizer(config.data.tokenizer, (), split.train)  # bpe:N: trained afresh
-        corpus = pipeline.load_corpus(config.data, tokenizer, config.seed, split)
-        pipeline.write_prepared(_OUTPUT_DIR.value, corpus, tokenizer, config.data, config.seed)
+        corpus = pipeline.load_corpus(config.data, tokenizer, config.eval.seed, split)
+        pipeline.write_prepared(_OUTPUT_DIR.value, corpus, tokenizer, config.data, config.eval.seed)
     print(f"wrote {_OUTPUT_DIR.value}: {corpus.counts}")
 
 

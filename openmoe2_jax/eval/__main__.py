@@ -39,7 +39,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Fixes every mask of the evaluation.")
 def _text_rows(trained, data: str, seq_len: int) -> np.ndarray:
     config, tok = trained.config, trained.tokenizer
     if data in ("", "validation"):
-        stream = pipeline.load_corpus(config.data, tok, config.seed).validation
+        stream = pipeline.load_corpus(config.data, tok, config.eval.seed).validation
     else:
         source = "jsonl" if data.endswith(".jsonl") else "text"
         docs = list(sources.read_documents(source, [data], "text"))

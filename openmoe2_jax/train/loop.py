@@ -102,7 +102,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     # The split comes first, as text: a bpe:N vocabulary is trained on the training documents only
     # (or loaded: the run's own from an earlier start, else a prepared corpus's).
     prepared = config.data.source == "prepared"
-    split = None if prepared else pipeline.read_split(config.data, config.seed)
+    split = None if prepared else pipeline.read_split(config.data, config.eval.seed)
     tokenizer = bpe.run_tokenizer(config.data.tokenizer,
                                   [workdir / "tokenizer"] + ([config.data.paths[0]] if prepared else []),
                                   None if prepared else split.train)
@@ -110,8 +110,9 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh))
     seq_len, batch = config.data.seq_len, config.train.batch_size
 
-    # Data.
-    corpus = pipeline.load_corpus(config.data, tokenizer, config.seed, split)
+    # Data. The split is seeded by eval.seed (like the validation masks), so every training seed holds
+    # out the same documents; config.seed sets the order of the training rows.
+    corpus = pipeline.load_corpus(config.data, tokenizer, config.eval.seed, split)
     available = pipeline.num_train_batches(corpus.train, seq_len, batch, config.data.num_epochs)
     if available is not None and available < config.train.steps:
         raise validation.ConfigError(
