@@ -1,13 +1,18 @@
-"""Experiment IDs, FLOPs accounting and the table reproduction."""
+"""Experiment IDs, FLOPs accounting, run keys and the table reproduction."""
+import hashlib
 import json
 import os
 
 import matplotlib.image
+import ml_collections
+import numpy as np
 import pytest
 
 from openmoe2_jax import flops, validation
 from openmoe2_jax.configs import scales
-from openmoe2_jax.experiments import registry, reproduce
+from openmoe2_jax.data import pipeline
+from openmoe2_jax.experiments import registry, reproduce, runs, summary
+from openmoe2_jax.train import loop
 
 
 @pytest.mark.parametrize("scale", scales.SCALES)
@@ -63,41 +68,169 @@ def test_sec02_keeps_the_repeated_data_shape_at_tiny_scale():
     assert paper.data.max_train_tokens == 1_000_000_000 and paper.data.num_epochs == 96
 
 
+def test_run_key_is_the_hash_of_the_sorted_config_json_without_seed():
+    config = ml_collections.ConfigDict(dict(seed=5, b=(1, 2), a=0.5, moe=dict(upcycle_from="")))
+    by_hand = hashlib.sha256(b'{"a":0.5,"b":[1,2],"moe":{"upcycle_from":""}}').hexdigest()[:16]
+    assert runs.run_key(config) == by_hand
+    config.seed = 0
+    assert runs.run_key(config) == by_hand  # the seed is the subdirectory, not the key
+    config.a = 0.25
+    assert runs.run_key(config) != by_hand
+    dependent = hashlib.sha256(b'{"a":0.25,"b":[1,2],"moe":{"upcycle_from":"run:abc"}}').hexdigest()[:16]
+    assert runs.run_key(config, "abc") == dependent
+
+
+def test_identical_variants_of_different_sections_share_one_run_and_keys_ignore_the_root():
+    keys = {n: {v: rs[0].key for v, rs in reproduce.plan(registry.section(n), "tiny", "/a", 2).items()}
+            for n in registry.SECTION_MODULES}
+    baseline = {keys[n]["ec"] for n in (1, 3, 4, 5, 6, 7, 8, 9, 10, 11)}
+    assert len(baseline) == 1
+    assert keys[1]["tc"] == keys[3]["tc"] == keys[9]["tc"]
+    assert len({k for n in keys for k in keys[n].values()}) == 32 - 9 - 2  # ec 10x, tc 3x
+    moved = reproduce.plan(registry.section(7), "tiny", "/elsewhere/b", 2)
+    assert {v: rs[0].key for v, rs in moved.items()} == keys[7]
+    upcycle = moved["ec_upcycle"]
+    assert [r.config.moe.upcycle_from for r in upcycle] == [
+        f"/elsewhere/b/tiny/runs/{keys[7]['dense_source']}/seed{s}" for s in (0, 1)]
+    assert [r.config.seed for r in upcycle] == [0, 1]
+    assert json.loads(upcycle[0].config_json)["moe"]["upcycle_from"] == f"run:{keys[7]['dense_source']}"
+    # A different dependency (here: shorter) gives the dependent run a different key.
+    assert reproduce.plan(registry.section(7), "tiny", "/a", 1, steps=40)["ec_upcycle"][0].key != \
+        reproduce.plan(registry.section(7), "tiny", "/a", 1, steps=80)["ec_upcycle"][0].key
+    with pytest.raises(ValueError, match="seeds = 0: expected at least 1"):
+        reproduce.plan(registry.section(3), "tiny", "/a", 0)
+
+
+def _fake_validation_loss(config):
+    return 6.0 + 0.01 * config.seed + (0.5 if config.moe.routing == "tc" else 0.0)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replaces training by writing a summary.json; returns the list of (workdir, seed) trained."""
+    calls = []
+
+    def train(config, workdir, stop_at_step=None, log=print):
+        del stop_at_step, log
+        calls.append((workdir, config.seed))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(dict(steps=config.train.steps, final_train_loss=7.0,
+                           final_validation_loss=_fake_validation_loss(config)), f)
+
+    monkeypatch.setattr(reproduce.loop, "train", train)
+    return calls
+
+
+def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train):
+    root, quiet = str(tmp_path), lambda *a: None
+    reproduce.reproduce(4, "smoke", root, seeds=2, log=quiet)
+    assert len(fake_train) == 4  # ec, ec_lbl x 2 seeds
+    ec_dirs = {w for w, _ in fake_train[:2]}
+    seen = []
+    text = reproduce.reproduce(3, "smoke", root, seeds=2, log=seen.append)
+    assert len(fake_train) == 6 and {s for _, s in fake_train[4:]} == {0, 1}  # only tc trained
+    assert [m for m in seen if "skipped" in m] == [
+        f"sec03/ec seed {s}: finished in {w}, skipped" for s, w in enumerate(sorted(ec_dirs))]
+    r3 = json.loads((tmp_path / "smoke" / "sec03" / "results.json").read_text())
+    r4 = json.loads((tmp_path / "smoke" / "sec04" / "results.json").read_text())
+    assert r3["results"]["ec"]["run"] == r4["results"]["ec"]["run"]
+    assert r3["results"]["tc"]["validation_loss"] == [6.5, 6.51]  # per seed, as the fake wrote them
+    assert r3["seeds"] == 2 and r3["outcome"] == "disagrees"      # tc 0.5 above ec, std 0.007
+    assert "| ec | `runs/" in text and "6.0050 ± 0.0071 (2)" in text
+    ec_key = r3["results"]["ec"]["run"].split("/")[1]
+    stored = json.loads((tmp_path / "smoke" / "runs" / ec_key / "config.json").read_text())
+    assert "seed" not in stored and stored["moe"]["routing"] == "ec"
+    # Again: nothing trains. A third seed trains seed 2 of both variants only.
+    assert reproduce.reproduce(3, "smoke", root, seeds=2, log=quiet) == text
+    assert len(fake_train) == 6
+    reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+    assert sorted(s for _, s in fake_train[6:]) == [2, 2]
+    # An interrupted run (summary short of the steps) runs again (the trainer resumes it); only it.
+    tc_dir = tmp_path / "smoke" / r3["results"]["tc"]["run"] / "seed1"
+    (tc_dir / "summary.json").write_text(json.dumps(dict(steps=1, final_train_loss=7.0,
+                                                         final_validation_loss=6.0)))
+    reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+    assert fake_train[8:] == [(str(tc_dir), 1)]
+    # Collect only: a missing run is an error naming it.
+    with pytest.raises(reproduce.errors.CheckpointError, match=r"sec03/tc seed 3: .*seed3 has no summary"):
+        reproduce.reproduce(3, "smoke", root, collect_only=True, seeds=4)
+    assert len(fake_train) == 9
+    # A run directory whose config.json is not the config of its key is refused.
+    (tmp_path / "smoke" / "runs" / ec_key / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds a different config"):
+        reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+
+
+@pytest.mark.slow
+def test_seed_sets_init_data_order_and_masks_but_not_the_validation_rows(config, tmp_path, monkeypatch):
+    config.train.steps = 2
+    seen = {"validation": [], "first_batch": []}
+
+    def record(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen[name].append(out[0] if name == "first_batch" else out)
+            return out
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "validation_batches", record("validation", pipeline.validation_batches))
+    monkeypatch.setattr(pipeline, "train_dataset", record("first_batch", pipeline.train_dataset))
+    out = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config.seed = seed
+        out[name] = loop.train(config, str(tmp_path / name), log=lambda *a: None)
+    assert out["a"].train_losses == out["b"].train_losses  # same seed: bit-identical
+    assert out["a"].final_validation_loss == out["b"].final_validation_loss
+    assert out["a"].train_losses[1] != out["c"].train_losses[1]
+    assert out["a"].final_validation_loss != out["c"].final_validation_loss
+    assert not np.array_equal(seen["first_batch"][0], seen["first_batch"][2])  # data order
+    for a, c in zip(seen["validation"][0], seen["validation"][2], strict=True):
+        np.testing.assert_array_equal(a, c)  # same held-out rows (the split follows eval.seed)
+
+
 def _table_rows(text):
     return [l for l in text.splitlines() if l.startswith("| ") and not l.startswith("| variant")]
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_section_writes_table_and_plot_and_collect_only_matches(tmp_path):
+def test_reproduce_smoke_sections_with_two_seeds_then_upcycling_reusing_the_baseline(tmp_path):
+    """Section 3 at 2 seeds (table, verdict, plot, collect_only, overview), then section 7 at 1 seed:
+    its `ec` is section 3's seed 0 (not trained again), its dependency runs before the upcycled run."""
     root = str(tmp_path)
-    text = reproduce.reproduce(3, "smoke", root, log=lambda *a: None)
+    text = reproduce.reproduce(3, "smoke", root, seeds=2, log=lambda *a: None)
     out = tmp_path / "smoke" / "sec03"
     assert (out / "table.md").read_text() == text
     rows = _table_rows(text)
     assert [r.split("|")[1].strip() for r in rows] == ["tc", "ec"]
-    assert "**Published:** same quality; EC +20% throughput" in text
-    assert "**Agrees with the paper's direction?**" in text
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"tc", "ec"} and results["results"]["ec"]["steps"] == 3
+    assert set(results["results"]) == {"tc", "ec"} and results["seeds"] == 2
+    ec = results["results"]["ec"]
+    assert ec["steps"] == [3, 3] and ec["seeds"] == [0, 1]
+    assert ec["validation_loss"][0] != ec["validation_loss"][1]  # the seeds are different runs
+    mean = sum(ec["validation_loss"]) / 2
+    std = abs(ec["validation_loss"][0] - ec["validation_loss"][1]) / 2 ** 0.5  # ddof 1, n 2, by hand
+    assert f"| {mean:.4f} ± {std:.4f} (2) |" in next(r for r in rows if r.startswith("| ec "))
+    assert "**Published:** same quality; EC +20% throughput" in text
+    assert f"**Ours:** {results['outcome']} — ec same as tc: ec − tc = " in text
+    assert results["outcome"] in ("agrees", "disagrees", "no measurable difference")
+    assert ("**Rule:** a difference counts if it exceeds 2 standard errors of the difference of the means "
+            "over 2 seeds") in text
     image = matplotlib.image.imread(out / "loss_curves.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     # A second call skips the finished runs; --collect_only reads them back to the same table.
-    assert reproduce.reproduce(3, "smoke", root, log=lambda *a: None) == text
-    assert reproduce.reproduce(3, "smoke", root, collect_only=True) == text
-    from openmoe2_jax.experiments import summary
+    assert reproduce.reproduce(3, "smoke", root, seeds=2, log=lambda *a: None) == text
+    assert reproduce.reproduce(3, "smoke", root, collect_only=True, seeds=2) == text
     overview = summary.summarize(root, "smoke")
     row = next(l for l in overview.splitlines() if l.startswith("| 3. token choice vs expert choice"))
-    assert f"ec: {results['results']['ec']['validation_loss']:.4f}" in row
+    assert f"ec: {mean:.4f} ± {std:.4f} (2)" in row and f"**{results['outcome']}**" in row
     assert overview.count("| not run |") == 10
-    os.remove(tmp_path / "smoke" / "sec03" / "ec" / "summary.json")
-    with pytest.raises(reproduce.errors.CheckpointError, match="has not finished"):
-        reproduce.reproduce(3, "smoke", root, collect_only=True)
-
-
-@pytest.mark.slow
-def test_reproduce_runs_dependencies_first_for_upcycling(tmp_path):
     seen = []
-    reproduce.reproduce(7, "smoke", str(tmp_path), log=seen.append)
+    reproduce.reproduce(7, "smoke", root, seeds=1, log=seen.append)
     started = [m.split(":")[0] for m in seen if m.startswith("sec07/") and "training" in m]
-    assert started[0] == "sec07/dense_source"
-    assert any("upcycled from" in m for m in seen)
+    assert started == ["sec07/dense_source seed 0", "sec07/ec_upcycle seed 0"]
+    assert f"sec07/ec seed 0: finished in {tmp_path / 'smoke' / ec['run'] / 'seed0'}, skipped" in seen
+    assert any("upcycled from" in m and "runs/" in m for m in seen)
+    os.remove(tmp_path / "smoke" / ec["run"] / "seed1" / "summary.json")
+    with pytest.raises(reproduce.errors.CheckpointError, match="sec03/ec seed 1: .* has not finished"):
+        reproduce.reproduce(3, "smoke", root, collect_only=True, seeds=2)

@@ -1,17 +1,22 @@
 """Run or collect one ablation section and write its table and loss-curve plot.
 
-  python -m openmoe2_jax.reproduce --section=3 --scale=tiny --workdir=runs/
+  python -m openmoe2_jax.reproduce --section=3 --scale=tiny --workdir=runs/ --seeds=3
   python -m openmoe2_jax.reproduce --section=3 --scale=paper --workdir=gs://bucket/runs --collect_only
 
-Runs every variant of the section in WORKDIR/<scale>/secNN/<variant> (a finished run is skipped, an
-interrupted one resumes from its checkpoint), then reads each workdir — the summary, the TensorBoard
-logs and the config — and writes WORKDIR/<scale>/secNN/table.md, results.json and loss_curves.png,
-with the published conclusion beside ours. `--collect_only` only reads (for runs done elsewhere).
+Runs every variant of the section with seeds 0..K-1 (config.seed: initialisation, order of the
+training rows, diffusion masks; the validation split and masks stay fixed by config.eval.seed) in
+WORKDIR/<scale>/runs/<key>/seed<k> (experiments/runs.py: identical configs share one directory, so
+a run shared by sections trains once; a finished run is skipped, an interrupted one resumes from its
+checkpoint). Then reads each run — the summary, the TensorBoard logs — and writes
+WORKDIR/<scale>/secNN/table.md (mean ± std over seeds, the verdict under experiments/stats.py's rule),
+results.json (the per-seed values) and loss_curves.png (mean over seeds, ±1 std band), with the
+published conclusion beside ours. `--collect_only` only reads (for runs done elsewhere).
 Validation loss = the trainer's final evaluation (diffusion: ELBO with fixed masks; AR: NLL), in
-nats/token on the same held-out rows for every variant.
+nats/token on the same held-out rows for every variant and seed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -21,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from openmoe2_jax import cli, errors, flops
 from openmoe2_jax.configs import scales
-from openmoe2_jax.experiments import registry
+from openmoe2_jax.experiments import registry, runs, stats
 from openmoe2_jax.train import loop
 
 _SECTION = flags.DEFINE_integer("section", None, "Ablation section (1-11).", required=True)
@@ -29,10 +34,24 @@ _SCALE = flags.DEFINE_enum("scale", "tiny", list(scales.SCALES), "Scale of every
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
 _COLLECT = flags.DEFINE_bool("collect_only", False, "Only read existing workdirs and write the table.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Override the scale's training steps (0 = keep).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (config.seed = 0..seeds-1).")
+
+PER_SEED = ("steps", "final_train_loss", "validation_loss", "first_validation_loss", "tokens_per_second")
+ONCE = ("total_params", "active_params", "flops_per_token", "objective")  # the same for every seed
 
 
-def variant_configs(section, scale: str, root: str, steps: int = 0) -> dict:
-    """{variant: config} in run order (dependencies first), with dependency workdirs filled in."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    variant: str
+    seed: int
+    key: str
+    workdir: str
+    config: object      # the run's ml_collections.ConfigDict (seed and dependency filled in)
+    config_json: str    # what its key hashes (runs.canonical), written beside the seed directories
+
+
+def variant_configs(section, scale: str, steps: int = 0) -> dict:
+    """{variant: config} in run order (dependencies first), seed and dependency not yet filled in."""
     depends = getattr(section, "DEPENDS", {})
     order = sorted(section.VARIANTS, key=lambda v: (v in depends, list(section.VARIANTS).index(v)))
     out = {}
@@ -41,14 +60,27 @@ def variant_configs(section, scale: str, root: str, steps: int = 0) -> dict:
         if steps:
             config.train.steps = max(steps // 4, 2) if variant in depends.values() and steps >= 8 else steps
             config.train.warmup_steps = min(config.train.warmup_steps, config.train.steps)
-        if variant in depends:
-            config.moe.upcycle_from = run_dir(root, scale, section.SECTION, depends[variant])
         out[variant] = config
     return out
 
 
-def run_dir(root: str, scale: str, section: int, variant: str) -> str:
-    return os.path.join(root, scale, f"sec{section:02d}", variant)
+def plan(section, scale: str, root: str, seeds: int = 3, steps: int = 0) -> dict[str, list[Run]]:
+    """{variant: its runs, one per seed} in run order; a dependent run (DEPENDS) starts from the same
+    seed of its dependency, and its key includes the dependency's key (not its path)."""
+    if seeds < 1:
+        raise ValueError(f"seeds = {seeds}: expected at least 1")
+    depends = getattr(section, "DEPENDS", {})
+    keys, out = {}, {}
+    for variant, config in variant_configs(section, scale, steps).items():
+        dependency_key = keys[depends[variant]] if variant in depends else ""
+        keys[variant] = runs.run_key(config, dependency_key)
+        text = runs.to_json(runs.canonical(config, dependency_key), indent=2)
+        out[variant] = [
+            Run(variant, seed, keys[variant], runs.run_dir(root, scale, keys[variant], seed),
+                runs.seeded(config, seed, runs.run_dir(root, scale, dependency_key, seed)
+                            if dependency_key else ""), text)
+            for seed in range(seeds)]
+    return out
 
 
 def _scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
@@ -62,11 +94,12 @@ def _scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def collect(workdir: str, config) -> dict:
-    """What the table needs from one finished run."""
+def collect(workdir: str, config, name: str = "") -> dict:
+    """What the table needs from one finished run (`name` says which, in errors)."""
     path = os.path.join(workdir, "summary.json")
     if not os.path.exists(path):
-        raise errors.CheckpointError(f"{workdir} has no summary.json: the run has not finished.")
+        raise errors.CheckpointError(f"{name + ': ' if name else ''}{workdir} has no summary.json: the run "
+                                     "has not finished.")
     with open(path) as f:
         summary = json.load(f)
     evals = _scalars(workdir, "eval/loss")
@@ -85,46 +118,78 @@ def collect(workdir: str, config) -> dict:
     )
 
 
+def aggregate(variant_runs: list[Run], collected: list[dict]) -> dict:
+    """One variant's entry of results.json: per-seed lists of PER_SEED, the rest once."""
+    out = dict(run=f"runs/{variant_runs[0].key}", seeds=[r.seed for r in variant_runs])
+    out.update({m: [c[m] for c in collected] for m in PER_SEED})
+    out.update({m: collected[0][m] for m in ONCE})
+    return out
+
+
 def write_table(section, scale: str, results: dict, out_dir: str) -> str:
     compared = getattr(section, "COMPARED", tuple(results))
-    agrees, why = section.direction(results)
-    lines = [f"# Section {section.SECTION}: {section.TITLE} ({scale} scale)", "",
+    outcome, reason = section.direction(results)
+    n = min(len(results[v]["seeds"]) for v in compared)
+    lines = [f"# Section {section.SECTION}: {section.TITLE} ({scale} scale, {n} seed{'s' * (n > 1)})", "",
              section.QUESTION, "",
-             "| variant | objective | params total | active | FLOPs/token | steps | final train loss | "
-             "validation loss (nats/token) | tokens/s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | run | objective | params total | active | FLOPs/token | steps | validation loss "
+             "(nats/token), mean ± std (N) | tokens/s, mean ± std (N) | final train loss, mean |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for variant in compared:
         r = results[variant]
-        lines.append(f"| {variant} | {r['objective']} | {flops.human(r['total_params'])} | "
-                     f"{flops.human(r['active_params'])} | {flops.human(r['flops_per_token'])} | {r['steps']} | "
-                     f"{r['final_train_loss']:.4f} | {r['validation_loss']:.4f} | {r['tokens_per_second']:,.0f} |")
+        steps = "/".join(str(s) for s in sorted(set(r["steps"])))
+        loss = stats.format_summary(stats.summary(r["validation_loss"]))
+        speed = stats.format_summary(stats.summary(r["tokens_per_second"]), digits=0, thousands=True)
+        lines.append(f"| {variant} | `{r['run']}` | {r['objective']} | {flops.human(r['total_params'])} | "
+                     f"{flops.human(r['active_params'])} | {flops.human(r['flops_per_token'])} | {steps} | "
+                     f"{loss} | {speed} | {np.mean(r['final_train_loss']):.4f} |")
     lines += ["", f"**Published:** {section.PUBLISHED}", "",
-              f"**Agrees with the paper's direction?** {'yes' if agrees else 'no'} — {why}.", ""]
+              f"**Ours:** {outcome} — {reason}.", "", f"**Rule:** {stats.rule(n)}", ""]
     text = "\n".join(lines)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(dict(section=section.SECTION, scale=scale, agrees=agrees, results=results), f, indent=2)
+        json.dump(dict(section=section.SECTION, scale=scale, seeds=n, rule=stats.rule(n), outcome=outcome,
+                       reason=reason, results=results), f, indent=2)
     return text
 
 
+def _mean_curve(workdirs: list[str], tags: tuple[str, ...]):
+    """(steps, mean, std) over the runs of the first of `tags` each run logged, at the steps all have."""
+    curves = []
+    for workdir in workdirs:
+        points = next((dict(p) for p in (_scalars(workdir, t) for t in tags) if p), None)
+        if points:
+            curves.append(points)
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return None
+    values = np.array([[c[s] for s in steps] for c in curves])
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
+    return np.array(steps), values.mean(0), std
+
+
 def plot(section, scale: str, workdirs: dict, out_dir: str) -> str:
+    """Mean over seeds per variant (workdirs: variant -> its seeds' workdirs), shaded ±1 std."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for variant, workdir in workdirs.items():
-        train = _scalars(workdir, "train/loss_window_mean") or _scalars(workdir, "train/loss")
-        val = _scalars(workdir, "eval/loss")
-        if train:
-            ax_train.plot(*zip(*train), label=variant)
-        if val:
-            ax_val.plot(*zip(*val), marker="o", label=variant)
+    for variant, dirs in workdirs.items():
+        for ax, tags, marker in ((ax_train, ("train/loss_window_mean", "train/loss"), None),
+                                 (ax_val, ("eval/loss",), "o")):
+            curve = _mean_curve(dirs, tags)
+            if curve:
+                steps, mean, std = curve
+                (line,) = ax.plot(steps, mean, marker=marker, label=f"{variant} (n={len(dirs)})")
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax_train.set(title="training loss (window mean)", xlabel="step", ylabel="loss")
     ax_val.set(title="validation loss (nats/token)", xlabel="step")
     for ax in (ax_train, ax_val):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Section {section.SECTION}: {section.TITLE} ({scale})")
+    fig.suptitle(f"Section {section.SECTION}: {section.TITLE} ({scale}; mean over seeds, ±1 std shaded)")
     fig.tight_layout()
     path = os.path.join(out_dir, "loss_curves.png")
     fig.savefig(path, dpi=100)
@@ -132,27 +197,37 @@ def plot(section, scale: str, workdirs: dict, out_dir: str) -> str:
     return path
 
 
+def _finished(run: Run) -> bool:
+    path = os.path.join(run.workdir, "summary.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f)["steps"] >= run.config.train.steps
+
+
 def reproduce(number: int, scale: str, root: str, collect_only: bool = False, steps: int = 0,
-              log=print) -> str:
+              seeds: int = 3, log=print) -> str:
     section = registry.section(number)
-    configs = variant_configs(section, scale, root, steps)
-    workdirs = {v: run_dir(root, scale, number, v) for v in configs}
-    for variant, config in configs.items():
-        if collect_only:
-            continue
-        summary = os.path.join(workdirs[variant], "summary.json")
-        if os.path.exists(summary):
-            with open(summary) as f:
-                if json.load(f)["steps"] >= config.train.steps:
-                    log(f"sec{number:02d}/{variant}: finished, skipped")
-                    continue
-        log(f"sec{number:02d}/{variant}: training in {workdirs[variant]}")
-        loop.train(config, workdirs[variant], log=lambda msg, v=variant: log(f"  [{v}] {msg}"))
-    results = {v: collect(workdirs[v], configs[v]) for v in configs}
+    planned = plan(section, scale, root, seeds, steps)
+    for variant, variant_runs in planned.items():
+        for run in variant_runs:
+            name = f"sec{number:02d}/{variant} seed {run.seed}"
+            runs.check_config(os.path.dirname(run.workdir), run.config_json, write=not collect_only)
+            if collect_only:
+                continue
+            if _finished(run):
+                log(f"{name}: finished in {run.workdir}, skipped")
+                continue
+            log(f"{name}: training in {run.workdir}")
+            loop.train(run.config, run.workdir, log=lambda msg, n=name: log(f"  [{n}] {msg}"))
+    results = {v: aggregate(rs, [collect(r.workdir, r.config, f"sec{number:02d}/{v} seed {r.seed}")
+                                 for r in rs])
+               for v, rs in planned.items()}
     out_dir = os.path.join(root, scale, f"sec{number:02d}")
     os.makedirs(out_dir, exist_ok=True)
     text = write_table(section, scale, results, out_dir)
-    plot(section, scale, {v: workdirs[v] for v in getattr(section, "COMPARED", tuple(configs))}, out_dir)
+    compared = getattr(section, "COMPARED", tuple(planned))
+    plot(section, scale, {v: [r.workdir for r in planned[v]] for v in compared}, out_dir)
     return text
 
 
@@ -160,7 +235,8 @@ def main(argv):
     del argv
     cli.quiet_logging()
     with cli.user_errors(ValueError):
-        print(reproduce(_SECTION.value, _SCALE.value, _WORKDIR.value, _COLLECT.value, _STEPS.value))
+        print(reproduce(_SECTION.value, _SCALE.value, _WORKDIR.value, _COLLECT.value, _STEPS.value,
+                        _SEEDS.value))
 
 
 if __name__ == "__main__":

@@ -7,16 +7,18 @@ import os
 
 from absl import app, flags
 
-from openmoe2_jax.experiments import registry
-
+from openmoe2_jax.configs import ablations
+from openmoe2_jax.experiments import registry, stats
 
 
 def summarize(root: str, scale: str) -> str:
     lines = [f"# Ablations at the {scale} scale", "",
              "Validation loss in nats/token on the same held-out rows (diffusion: ELBO with fixed masks; "
-             "AR: NLL); tokens/s is the median over logging windows of each run.", "",
-             "| section | variant: validation loss (tokens/s) | published | agrees with the paper's direction? |",
+             "AR: NLL), mean ± sample std over seeds (N); tokens/s is the mean over seeds of each run's "
+             "median over logging windows.", "",
+             "| section | variant: validation loss (tokens/s) | published | ours |",
              "|---|---|---|---|"]
+    rules = set()
     for number, module in sorted(registry.SECTION_MODULES.items()):
         path = os.path.join(root, scale, f"sec{number:02d}", "results.json")
         if not os.path.exists(path):
@@ -24,12 +26,16 @@ def summarize(root: str, scale: str) -> str:
             continue
         with open(path) as f:
             data = json.load(f)
-        shown = getattr(module, "COMPARED", tuple(data["results"]))
-        cells = "<br>".join(f"{v}: {data['results'][v]['validation_loss']:.4f} "
-                            f"({data['results'][v]['tokens_per_second']:,.0f})" for v in shown)
-        _, why = module.direction(data["results"])
-        lines.append(f"| {number}. {module.TITLE} | {cells} | {module.PUBLISHED} | "
-                     f"{'yes' if data['agrees'] else 'no'} ({why}) |")
+        results = data["results"]
+        shown = getattr(module, "COMPARED", tuple(results))
+        cells = "<br>".join(
+            f"{v}: {stats.format_summary(stats.summary(ablations.values(results, v)))} "
+            f"({stats.summary(ablations.values(results, v, 'tokens_per_second')).mean:,.0f})" for v in shown)
+        outcome, why = module.direction(results)
+        rules.add(stats.rule(min(len(ablations.values(results, v)) for v in shown)))
+        lines.append(f"| {number}. {module.TITLE} | {cells} | {module.PUBLISHED} | **{outcome}** ({why}) |")
+    for r in sorted(rules):
+        lines += ["", f"Rule: {r}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Section 1: MoE vs FLOPs-matched and parameter-matched dense (diffusion, 1 epoch)."""
 from openmoe2_jax import flops
-from openmoe2_jax.configs.ablations import build, close, ec, loss, tc
+from openmoe2_jax.configs.ablations import build, ec, lower, same, tc
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 1
 TITLE = "MoE vs dense"
@@ -16,8 +17,8 @@ VARIANTS = {
 
 
 def direction(r):
-    ok = loss(r, "dense_8b") < loss(r, "ec") < loss(r, "dense_1b7") and close(loss(r, "ec"), loss(r, "tc"), 0.02)
-    return ok, "paper order: dense_8b < MoE (ec ~ tc) < dense_1b7"
+    """The paper's order dense_8b < MoE < dense_1b7, with EC = TC."""
+    return combine([lower(r, "dense_8b", "ec"), lower(r, "ec", "dense_1b7"), same(r, "ec", "tc")])
 
 
 def get_config(arg=None):

@@ -1,5 +1,6 @@
 """Section 4: a token-wise load-balancing loss for expert choice (coefficient 1e-2, not published)."""
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, lower
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 4
 TITLE = "token-wise load balancing for EC"
@@ -16,7 +17,7 @@ VARIANTS = {"ec": ec, "ec_lbl": ec_lbl}
 
 
 def direction(r):
-    return loss(r, "ec") < loss(r, "ec_lbl"), "ec below ec_lbl"
+    return combine([lower(r, "ec", "ec_lbl")])
 
 
 def get_config(arg=None):

@@ -1,6 +1,7 @@
 """Section 5: shared experts on / off. `ec_noshared` removes the 2 shared experts (as the study does),
 so its active parameters are lower by the shared width."""
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, lower
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 5
 TITLE = "shared experts"
@@ -17,7 +18,7 @@ VARIANTS = {"ec": ec, "ec_noshared": ec_noshared}
 
 
 def direction(r):
-    return loss(r, "ec") < loss(r, "ec_noshared"), "ec below ec_noshared"
+    return combine([lower(r, "ec", "ec_noshared")])
 
 
 def get_config(arg=None):

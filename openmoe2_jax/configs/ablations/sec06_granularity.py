@@ -1,7 +1,8 @@
 """Section 6: expert granularity at constant total and active parameters (E / 4, E, 4 E routed
 experts: paper 16 / 64 / 256; tiny 4 / 16 / 64), via configs.derive.with_granularity."""
 from openmoe2_jax.configs import derive
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, lower
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 6
 TITLE = "expert granularity"
@@ -15,8 +16,8 @@ VARIANTS = {
 
 
 def direction(r):
-    return (loss(r, "ec") < loss(r, "ec_16e") and loss(r, "ec") < loss(r, "ec_256e"),
-            "the middle granularity (ec) below both")
+    """The middle granularity (ec) below both others."""
+    return combine([lower(r, "ec", "ec_16e"), lower(r, "ec", "ec_256e")])
 
 
 def get_config(arg=None):

@@ -6,7 +6,8 @@ starts from its checkpoint (slicing its FFN into the fine-grained experts: the d
 the reproduce command with the dense_source workdir (DEPENDS).
 """
 from openmoe2_jax import flops
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, lower
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 7
 TITLE = "upcycling"
@@ -32,10 +33,10 @@ COMPARED = ("ec", "ec_upcycle")
 
 
 def direction(r):
-    early = r["ec_upcycle"].get("first_validation_loss", float("nan")) < r["ec"].get(
-        "first_validation_loss", float("nan"))
-    late = loss(r, "ec") < loss(r, "ec_upcycle")
-    return early and late, "upcycled lower at the first evaluation, from-scratch lower at the end"
+    """Upcycled lower at the first evaluation, from scratch lower at the end."""
+    return combine([lower(r, "ec_upcycle", "ec", "first_validation_loss",
+                          claim="ec_upcycle below ec at the first evaluation"),
+                    lower(r, "ec", "ec_upcycle", claim="ec below ec_upcycle at the end")])
 
 
 def get_config(arg=None):

@@ -1,5 +1,6 @@
 """Section 8: the first 2 layers dense (FLOPs-matched width), the rest MoE."""
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, no_gain
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 8
 TITLE = "first 2 layers dense"
@@ -16,7 +17,7 @@ VARIANTS = {"ec": ec, "ec_skiplayer": ec_skiplayer}
 
 
 def direction(r):
-    return loss(r, "ec_skiplayer") >= loss(r, "ec") * 0.995, "ec_skiplayer not better than ec (0.5% band)"
+    return combine([no_gain(r, "ec_skiplayer", "ec")])
 
 
 def get_config(arg=None):

@@ -1,5 +1,6 @@
 """Section 9: gate scaling factors (the Monte Carlo rule of SCIENCE.md §2) for TC and EC."""
-from openmoe2_jax.configs.ablations import build, ec, loss, tc
+from openmoe2_jax.configs.ablations import build, ec, lower, no_gain, tc
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 9
 TITLE = "scaling factors"
@@ -17,8 +18,8 @@ VARIANTS = {"tc": tc, "tc_scalingfactor": lambda c: _scaled(tc(c)), "ec": ec,
 
 
 def direction(r):
-    ok = loss(r, "tc_scalingfactor") >= loss(r, "tc") * 0.995 and loss(r, "ec_scalingfactor") < loss(r, "ec")
-    return ok, "TC: scaled not better (0.5% band); EC: scaled below unscaled"
+    """TC: the scaled gates no gain; EC: the scaled gates lower validation loss."""
+    return combine([no_gain(r, "tc_scalingfactor", "tc"), lower(r, "ec_scalingfactor", "ec")])
 
 
 def get_config(arg=None):

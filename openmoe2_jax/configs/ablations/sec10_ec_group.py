@@ -1,5 +1,6 @@
 """Section 10: batch-level vs sequence-level expert choice."""
-from openmoe2_jax.configs.ablations import build, ec, loss
+from openmoe2_jax.configs.ablations import build, ec, lower
+from openmoe2_jax.experiments.stats import combine
 
 SECTION = 10
 TITLE = "batch- vs sequence-level EC"
@@ -16,7 +17,7 @@ VARIANTS = {"ec": ec, "ec_seq": ec_seq}
 
 
 def direction(r):
-    return loss(r, "ec") < loss(r, "ec_seq"), "batch-level ec below ec_seq"
+    return combine([lower(r, "ec", "ec_seq")])
 
 
 def get_config(arg=None):

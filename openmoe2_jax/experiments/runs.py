@@ -1,0 +1,70 @@
+"""Run directories keyed by what the run computes: ROOT/<scale>/runs/<key>/seed<k>/.
+
+key = the first 16 hex digits of the SHA-256 of the config as JSON (sorted keys, compact separators)
+without `seed` (the seed is the subdirectory), and with `moe.upcycle_from` of a run that starts from
+another run replaced by "run:<that run's key>" (the same seed of it), so keys do not depend on where
+ROOT is. No other field is left out, not even logging or checkpoint cadence: two runs share a
+directory only if their configs are identical (an added config field changes every key). Identical
+variants of different sections (the `ec` baseline of sections 1 and 3-11) are therefore one run.
+ROOT/<scale>/runs/<key>/config.json holds the JSON that was hashed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+KEY_DIGITS = 16
+
+
+def canonical(config, dependency_key: str = "") -> dict:
+    """The config as plain data without `seed`; with `dependency_key`, moe.upcycle_from names it."""
+    data = config.to_dict()
+    if "seed" not in data:
+        raise ValueError(f"config: expected a top-level 'seed' field, got fields {sorted(data)}")
+    del data["seed"]
+    if dependency_key:
+        data["moe"]["upcycle_from"] = f"run:{dependency_key}"
+    return data
+
+
+def to_json(data: dict, indent: int | None = None) -> str:
+    return json.dumps(data, sort_keys=True, indent=indent, separators=(",", ": ") if indent else (",", ":"))
+
+
+def run_key(config, dependency_key: str = "") -> str:
+    return hashlib.sha256(to_json(canonical(config, dependency_key)).encode()).hexdigest()[:KEY_DIGITS]
+
+
+def key_dir(root: str, scale: str, key: str) -> str:
+    return os.path.join(root, scale, "runs", key)
+
+
+def run_dir(root: str, scale: str, key: str, seed: int) -> str:
+    return os.path.join(key_dir(root, scale, key), f"seed{seed}")
+
+
+def seeded(config, seed: int, upcycle_from: str = ""):
+    """A copy of `config` with `seed` (and moe.upcycle_from, when given) set."""
+    out = config.copy_and_resolve_references()
+    out.seed = seed
+    if upcycle_from:
+        out.moe.upcycle_from = upcycle_from
+    return out
+
+
+def check_config(directory: str, text: str, write: bool) -> None:
+    """Makes sure `directory`/config.json holds `text` (writes it first when `write` and it is absent)."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        if write:
+            os.makedirs(directory, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        return
+    with open(path) as f:
+        found = f.read()
+    if json.loads(found) != json.loads(text):
+        raise ValueError(f"{path}: holds a different config than the one its key "
+                         f"{os.path.basename(directory)} was computed from; expected the same (move that "
+                         "directory away)")
