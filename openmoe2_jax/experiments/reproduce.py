@@ -210,11 +210,12 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
     section = registry.section(number)
     planned = plan(section, scale, root, seeds, steps)
     for variant, variant_runs in planned.items():
+        runs.check_config(runs.key_dir(root, scale, variant_runs[0].key), variant_runs[0].config_json,
+                          write=not collect_only)
+        if collect_only:
+            continue
         for run in variant_runs:
             name = f"sec{number:02d}/{variant} seed {run.seed}"
-            runs.check_config(os.path.dirname(run.workdir), run.config_json, write=not collect_only)
-            if collect_only:
-                continue
             if _finished(run):
                 log(f"{name}: finished in {run.workdir}, skipped")
                 continue

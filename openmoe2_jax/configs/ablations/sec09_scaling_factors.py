@@ -18,7 +18,7 @@ VARIANTS = {"tc": tc, "tc_scalingfactor": lambda c: _scaled(tc(c)), "ec": ec,
 
 
 def direction(r):
-    """TC: the scaled gates no gain; EC: the scaled gates lower validation loss."""
+    """TC: scaled gates give no gain; EC: scaled gates lower the validation loss."""
     return combine([no_gain(r, "tc_scalingfactor", "tc"), lower(r, "ec_scalingfactor", "ec")])
 
 
