@@ -18,7 +18,7 @@ Writes everything as JSON (`--output`) and prints markdown tables. `--profile_di
 jax.profiler trace per variant and prints its most expensive XLA ops.
 
 Shapes: `tiny` and `small` are configs/scales.py (small at a CPU-sized batch, see SHAPES); `peer` is
-DESIGN.md's fixed peer shape (4 x 256, 4 heads x 64, seq 256, batch 8, vocabulary 32,768, FFN 512,
+docs/design.md's fixed peer shape (4 x 256, 4 heads x 64, seq 256, batch 8, vocabulary 32,768, FFN 512,
 MoE 8 experts of 512, k = 2, no shared experts, float32), for comparison with other JAX trainers.
 Tokens are synthetic (uniform ids): speed does not depend on the text.
 """
@@ -56,7 +56,7 @@ REMATS = ("none", "attention", "block")
 # Sequences per benchmarked step. tiny: configs/scales.py tiny (4 x 64, 16+2 experts of 32, k=2,
 # seq 128). small: configs/scales.py small (8 x 512, 64+2 experts of 128, k=6, seq 1024), which trains
 # at batch 64 (~2 min a step on 2 CPU cores); 4 sequences keep every matmul in its large-matrix
-# regime. peer: DESIGN.md's peer shape (seq 256, batch 8).
+# regime. peer: docs/design.md's peer shape (seq 256, batch 8).
 SHAPES = {"tiny": 8, "small": 4, "peer": 8}
 
 

@@ -1,4 +1,4 @@
-"""The paper default (SCIENCE.md §3): a masked-diffusion MoE on cl100k, seq 4096, batch 1024.
+"""The paper default (docs/science.md §3): a masked-diffusion MoE on cl100k, seq 4096, batch 1024.
 
 MoE in every layer: 64 routed + 2 shared experts, expert choice at batch level, post-softmax router,
 z-loss 1e-3, no scaling factors, no load-balancing loss, from scratch. Every other config starts from
@@ -52,7 +52,7 @@ def get_config(arg=None):
         z_loss=1e-3,               # router z-loss coefficient
         tc_balance_loss=1e-2,      # TC load-balancing loss coefficient (Switch/GShard)
         ec_balance_loss=0.0,       # EC token-wise load-balancing loss coefficient (ablation 4)
-        scaling_factors=False,     # scale gates by the Monte Carlo rule of SCIENCE.md §2
+        scaling_factors=False,     # scale gates by the Monte Carlo rule of docs/science.md §2
         first_dense_layers=0,      # the first N layers use a dense FFN
         dense_mlp_dim=0,           # width of those dense layers; 0 = model.mlp_dim
         topk_impl="xla",           # the EC top-k implementation

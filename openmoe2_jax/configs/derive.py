@@ -6,7 +6,7 @@ from openmoe2_jax.validation import ConfigError
 
 def with_granularity(config, num_experts: int):
     """The variant of an MoE config with `num_experts` routed experts at constant total and active
-    parameters (SCIENCE.md §2, ablation 6): f' = f E / E' and k' = k E' / E, the shared width unchanged.
+    parameters (docs/science.md §2, ablation 6): f' = f E / E' and k' = k E' / E, the shared width unchanged.
 
     Token choice needs k' to be a whole number. Expert choice uses k only through its capacity
     C = N k cf / E, so it keeps top_k and scales the capacity factor instead (cf' = cf E' / E): the

@@ -1,7 +1,7 @@
 """Scales of the ablation study. Each keeps the paper default's structure (routing, shared experts,
 k, router, losses) and changes the size, the data budget and the schedule.
 
-  paper  SCIENCE.md §3: 28 x 2048, 64 + 2 experts of 640, k = 6 (8.15B total / 1.76B active),
+  paper  docs/science.md §3: 28 x 2048, 64 + 2 experts of 640, k = 6 (8.15B total / 1.76B active),
          seq 4096, batch 1024, 24,000 steps (~100B tokens, 1 epoch), bf16.
   small  one host: 8 x 512, 64 + 2 experts of 128, k = 6, seq 1024, batch 64, 5,000 steps.
   tiny   this 2-core CPU, about 1.5 minutes a run: 4 x 64, 16 + 2 experts of 32, k = 2 (active FFN

@@ -1,6 +1,6 @@
 """Token streams -> fixed-length rows -> grain: shuffle per epoch, repeat, shard per process, batch.
 
-Packing (SCIENCE.md §1): documents are concatenated, each followed by EOT, and the stream is cut into
+Packing (docs/science.md §1): documents are concatenated, each followed by EOT, and the stream is cut into
 rows of `seq_len` tokens with no padding (the tail shorter than a row is dropped). A row may span a
 document boundary; attention is not blocked there, as in LLaDA and MegaDLMs.
 

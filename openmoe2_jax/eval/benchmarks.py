@@ -1,4 +1,4 @@
-"""Multiple-choice benchmarks scored by log-likelihood: HellaSwag and MMLU (SCIENCE.md §5).
+"""Multiple-choice benchmarks scored by log-likelihood: HellaSwag and MMLU (docs/science.md §5).
 
 acc: the choice with the highest log p(choice | context); acc_norm: highest log p / len(choice chars)
 (lm-evaluation-harness's definition). No downloads: the files come from the config or the CLI.

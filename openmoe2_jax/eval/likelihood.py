@@ -1,4 +1,4 @@
-"""Likelihoods for diffusion and AR models (SCIENCE.md §5).
+"""Likelihoods for diffusion and AR models (docs/science.md §5).
 
 Validation loss.
   diffusion: an unbiased estimate of the ELBO of each row of L tokens,

@@ -1,5 +1,5 @@
 """Experiment IDs -> configs. An ID is `secNN/variant` (e.g. `sec03/ec`), one per ablation variant of
-SCIENCE.md §4, each at a scale (paper | small | tiny | smoke). The original run names of the study
+docs/science.md §4, each at a scale (paper | small | tiny | smoke). The original run names of the study
 (`{dense|moetopk|moeec}_{tokens}_{epochs}e_{size}_{difflm|ar}[_{variant}]`) are aliases.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Routing as small pure functions over router logits (SCIENCE.md §2). No parameters, no modules.
+"""Routing as small pure functions over router logits (docs/science.md §2). No parameters, no modules.
 
 Shapes: G routing groups of N tokens, E routed experts, C slots per expert, k experts per token.
 
@@ -202,7 +202,7 @@ def router_entropy(logits):
     return jnp.mean(-jnp.sum(jnp.exp(logp) * logp, axis=-1))
 
 
-# ----- scaling factors (SCIENCE.md §2, ablation 9), computed from the config by Monte Carlo
+# ----- scaling factors (docs/science.md §2, ablation 9), computed from the config by Monte Carlo
 
 def _gate_norms(z, gate: str):
     """||g||_2 of the gates over the columns of z [samples, n] (all chosen)."""

@@ -24,7 +24,7 @@ def random_length_valid(rng, shape, prob: float, buckets):
     """[b, s] bool: all True, except with probability `prob` the batch is cut to a random bucket length.
 
     The shape never changes (one compiled program); the cut tokens become padding: they are neither
-    attended to nor scored (SCIENCE.md §1, random length).
+    attended to nor scored (docs/science.md §1, random length).
     """
     batch, seq = shape
     if prob == 0 or not buckets:

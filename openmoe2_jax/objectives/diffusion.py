@@ -1,4 +1,4 @@
-"""Masked (absorbing-state) diffusion with the linear schedule, as SCIENCE.md §1.
+"""Masked (absorbing-state) diffusion with the linear schedule, as docs/science.md §1.
 
 Per row: t ~ U(0, 1) (or low-discrepancy t_i = (u + i/B) mod 1), floored as t <- (1 - eps) t + eps;
 each token is replaced by the mask id with probability t; a row with no masked token gets one random

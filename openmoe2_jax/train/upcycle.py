@@ -1,4 +1,4 @@
-"""Upcycling (SCIENCE.md §2, ablation 7): initialise an MoE run from a dense run's checkpoint.
+"""Upcycling (docs/science.md §2, ablation 7): initialise an MoE run from a dense run's checkpoint.
 
 Everything but the FFNs (embedding, attention, norms, head) is copied. In each MoE layer:
   copy   every routed expert is the dense FFN (needs expert_mlp_dim = the dense width) — Megatron's

@@ -1,4 +1,4 @@
-"""The OpenMoE 2 ablations (SCIENCE.md §4), one file per section; every variant is an experiment ID.
+"""The OpenMoE 2 ablations (docs/science.md §4), one file per section; every variant is an experiment ID.
 
 Each file defines SECTION, TITLE, QUESTION, PUBLISHED, VARIANTS (name -> function of the scaled
 default config), optionally DEPENDS (variant -> the variant whose workdir it needs) and COMPARED

@@ -1,4 +1,4 @@
-"""Section 9: gate scaling factors (the Monte Carlo rule of SCIENCE.md §2) for TC and EC."""
+"""Section 9: gate scaling factors (the Monte Carlo rule of docs/science.md §2) for TC and EC."""
 from openmoe2_jax.configs.ablations import build, ec, lower, no_gain, tc
 from openmoe2_jax.experiments.stats import combine
 
