@@ -451,6 +451,7 @@ def _main():
 
 if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=ungrouped-imports
+    from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel,reimported
     _SHAPES = flags.DEFINE_string("shapes", "tiny,small,peer", "Comma-separated shapes: tiny, small, peer.")
     _VARIANTS = flags.DEFINE_string("variants", ",".join(VARIANTS), f"Comma-separated, of {VARIANTS}.")
     _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed steps per variant (median reported).")
