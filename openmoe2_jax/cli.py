@@ -28,15 +28,20 @@ def user_errors(*extra):
 _OVERRIDE = re.compile(r"--(config(?:\.[A-Za-z0-9_]+)+)(?:=|$)")
 
 
+def _override_keys(argv: list[str]) -> list[str]:
+    """The `config.a.b` keys of the `--config.a.b=value` overrides in argv[1:], in order."""
+    return [m.group(1) for arg in argv[1:] if (m := _OVERRIDE.match(arg))]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (pass as `app.run(main, flags_parser=cli.parse_flags)`), with bad config
-    overrides as one `error:` line and exit status 2 instead of a traceback.
+    overrides as one `error:` line and a non-zero exit instead of a traceback.
 
     Refused: an override of a key the config does not have (`--config.model.nonexistent=1`), a value
     that does not parse as the key's type, and the same key given twice (`--config.data.paths=...`
     twice: which one wins would be a guess, so neither does).
     """
-    keys = [m.group(1) for arg in argv[1:] if (m := _OVERRIDE.match(arg))]
+    keys = _override_keys(argv)
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         sys.exit(f"error: --{repeated[0]} is given {keys.count(repeated[0])} times; give each config "
@@ -59,8 +64,7 @@ def define_config_file(name: str, default: str, help_string: str):
     try:
         return config_flags.DEFINE_config_file(name, default, help_string)
     except (AttributeError, KeyError) as e:
-        keys = [m.group(1) for arg in sys.argv[1:] if (m := _OVERRIDE.match(arg))]
-        sys.exit(f"error: {_unknown_field(keys, e)}")
+        sys.exit(f"error: {_unknown_field(_override_keys(sys.argv), e)}")
 
 
 def _unknown_field(keys: list[str], error: Exception) -> str:

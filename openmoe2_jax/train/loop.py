@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
 
 import flax.linen as nn
@@ -95,10 +94,10 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     t_start = time.time()
     num_processes, process = jax.process_count(), jax.process_index()
     validation.validate(config, num_devices=jax.device_count(), num_processes=num_processes)
-    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    workdir = epath.Path(workdir)  # a local path or gs://bucket/... (orbax and tensorboardX write there)
+    if workdir.exists() and not workdir.is_dir():
         raise validation.ConfigError(f"--workdir={workdir} is an existing file, not a directory: name a "
                                      "new or existing run directory. The file was not touched.")
-    workdir = epath.Path(workdir)  # a local path or gs://bucket/... (orbax and tensorboardX write there)
     # The split comes first, as text: a bpe:N vocabulary is trained on the training documents only
     # (or loaded: the run's own from an earlier start, else a prepared corpus's).
     prepared = config.data.source == "prepared"
@@ -230,7 +229,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
                                                           config.eval.num_batches))
     ar = config.objective.kind == "ar"
     scored_tokens = val_rows[:, 1:].size if ar else val_rows.size
-    val_bpb = val_loss * scored_tokens / math.log(2) / likelihood.row_bytes(tokenizer, val_rows, skip_first=ar)
+    val_bpb = likelihood.bits_per_byte(val_loss * scored_tokens,
+                                       likelihood.row_bytes(tokenizer, val_rows, skip_first=ar))
     compressed = {}
     if config.eval.compressors and process == 0 and np.isfinite(val_loss):
         context = corpus.train[-(8 << 20):]  # >= the 8 MiB the compressors look back (a token is >= 1 byte)
