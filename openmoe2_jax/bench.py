@@ -1,6 +1,6 @@
 """Training-speed benchmark against this backend's measured matmul ceiling (a benchmark, not a test).
 
-  python -m openmoe2_jax.bench [--shapes=tiny,small,peer] [--output=bench.json] [--profile_dir=DIR]
+  python -m openmoe2_jax.bench [--shapes=cpu,small,peer] [--output=bench.json] [--profile_dir=DIR]
 
 In one run, on the current backend (whatever `jax.devices()` gives; the mesh is all data-parallel):
   1. the ceiling: median FLOP/s of a jitted 2048 x 2048 `jnp.dot` in the compute dtype;
@@ -17,7 +17,7 @@ In one run, on the current backend (whatever `jax.devices()` gives; the mesh is 
 Writes everything as JSON (`--output`) and prints markdown tables. `--profile_dir` also writes a
 jax.profiler trace per variant and prints its most expensive XLA ops.
 
-Shapes: `tiny` and `small` are configs/scales.py (small at a CPU-sized batch, see SHAPES); `peer` is
+Shapes: `cpu` and `small` are configs/scales.py (small at a CPU-sized batch, see SHAPES); `peer` is
 docs/design.md's fixed peer shape (4 x 256, 4 heads x 64, seq 256, batch 8, vocabulary 32,768, FFN 512,
 MoE 8 experts of 512, k = 2, no shared experts, float32), for comparison with other JAX trainers.
 Tokens are synthetic (uniform ids): speed does not depend on the text.
@@ -39,7 +39,7 @@ import numpy as np
 
 from openmoe2_jax import flops, validation
 from openmoe2_jax.configs import scales
-from openmoe2_jax.data.tokenizer import CL100K_NUM_IDS
+from openmoe2_jax.data import tokenizer
 from openmoe2_jax.models import layers
 from openmoe2_jax.models.moe import MoEFFN
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
@@ -53,11 +53,11 @@ VARIANTS = ("dense", "ec", "tc", "tc_dropless")
 REMATS = ("none", "attention", "block")
 
 
-# Sequences per benchmarked step. tiny: configs/scales.py tiny (4 x 64, 16+2 experts of 32, k=2,
-# seq 128). small: configs/scales.py small (8 x 512, 64+2 experts of 128, k=6, seq 1024), which trains
+# Sequences per benchmarked step. cpu: configs/scales.py cpu, the CPU study's scale (its bpe:N
+# vocabulary, seq 128, the batch it trains at). small: configs/scales.py small (8 x 512, 64+2 experts of 128, k=6, seq 1024), which trains
 # at batch 64 (~2 min a step on 2 CPU cores); 4 sequences keep every matmul in its large-matrix
 # regime. peer: docs/design.md's peer shape (seq 256, batch 8).
-SHAPES = {"tiny": 8, "small": 4, "peer": 8}
+SHAPES = {"cpu": 16, "small": 4, "peer": 8}
 
 
 def default_dtype() -> str:
@@ -69,13 +69,13 @@ def default_dtype() -> str:
 def shape_config(shape: str, variant: str, remat: str = "none", dtype: str | None = None):
     """(config, num_ids) of `variant` at `shape`; num_ids = token ids the data uses (mask id = num_ids).
 
-    dtype: the compute dtype of tiny/small (default: default_dtype()); the peer shape is float32."""
+    dtype: the compute dtype of cpu/small (default: default_dtype()); the peer shape is float32."""
     if shape not in SHAPES:
         raise ValueError(f"--shapes: {shape!r} is not one of {sorted(SHAPES)}")
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {VARIANTS}")
     if shape == "peer":
-        c = scales.get("tiny")
+        c = scales.get("cpu")
         c.model.update(num_layers=4, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, mlp_dim=512,
                        vocab_size=32768, dtype="float32")
         c.moe.update(num_experts=8, num_shared_experts=0, expert_mlp_dim=512, top_k=2)
@@ -83,7 +83,7 @@ def shape_config(shape: str, variant: str, remat: str = "none", dtype: str | Non
         num_ids = 32768 - 1
     else:
         c = scales.get(shape)
-        num_ids = CL100K_NUM_IDS
+        num_ids = tokenizer.num_ids_of(c.data.tokenizer)
     c.train.batch_size = SHAPES[shape]
     c.model.remat = remat
     if shape != "peer":
@@ -269,7 +269,7 @@ def measure_ffn(config, num_ids: int, *, repeats: int = 3, ceiling_flops: float)
                 mfu=achieved / ceiling_flops)
 
 
-def run(shapes=("tiny", "small", "peer"), variants=VARIANTS, *, repeats: int = 3, warmup: int = 1,
+def run(shapes=("cpu", "small", "peer"), variants=VARIANTS, *, repeats: int = 3, warmup: int = 1,
         remat_shape: str | None = "small", remat_variant: str = "ec", topk: bool = True,
         dtype: str | None = None, profile_dir: str | None = None, log=print) -> dict:
     """The whole benchmark; returns the results as a JSON-able dict.
@@ -452,13 +452,13 @@ def _main():
 if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=ungrouped-imports
     from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel,reimported
-    _SHAPES = flags.DEFINE_string("shapes", "tiny,small,peer", "Comma-separated shapes: tiny, small, peer.")
+    _SHAPES = flags.DEFINE_string("shapes", "cpu,small,peer", "Comma-separated shapes: cpu, small, peer.")
     _VARIANTS = flags.DEFINE_string("variants", ",".join(VARIANTS), f"Comma-separated, of {VARIANTS}.")
     _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed steps per variant (median reported).")
     _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
     _REMAT_SHAPE = flags.DEFINE_string("remat_shape", "small", "Shape of the remat table ('' = none).")
     _TOPK = flags.DEFINE_bool("topk", True, "Time the EC top-k implementations at the paper shape.")
-    _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype of tiny/small; empty = float32 on CPU, "
+    _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype of cpu/small; empty = float32 on CPU, "
                                               "else bfloat16.")
     _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results.")
     _PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Write jax.profiler traces here and print each "

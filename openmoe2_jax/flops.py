@@ -9,7 +9,7 @@ parameters (router and head included, the embedding lookup not) + 12 x layers x 
 """
 from __future__ import annotations
 
-from openmoe2_jax.data.tokenizer import CL100K_NUM_IDS
+from openmoe2_jax.data import tokenizer
 from openmoe2_jax.models.transformer import ModelConfig
 
 
@@ -66,8 +66,9 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def model_config(config, num_ids: int = CL100K_NUM_IDS) -> ModelConfig:
-    return ModelConfig.from_config(config, num_ids)
+def model_config(config, num_ids: int | None = None) -> ModelConfig:
+    """The model of `config`; num_ids = the ids of its tokenizer (default: known from the name)."""
+    return ModelConfig.from_config(config, num_ids or tokenizer.num_ids_of(config.data.tokenizer))
 
 
 def dense_ffn_width_flops_matched(config) -> int:
@@ -94,7 +95,7 @@ def matched_dense(config, match: str):
     return out
 
 
-def table(config, num_ids: int = CL100K_NUM_IDS) -> str:
+def table(config, num_ids: int | None = None) -> str:
     """A markdown table of the config's counts and, for an MoE, its matched dense models."""
     rows = [("this config", config)]
     if config.model.ffn == "moe":

@@ -1,4 +1,4 @@
-"""python -m openmoe2_jax.reproduce --section=N --scale=tiny --workdir=runs/ [--seeds=3] [--collect_only]
+"""python -m openmoe2_jax.reproduce --section=N --scale=cpu --workdir=runs/ [--seeds=3] [--collect_only]
 
 (The command lives in openmoe2_jax/experiments/reproduce.py.)
 """

@@ -8,12 +8,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
-from openmoe2_jax.configs import tiny  # noqa: E402
+from openmoe2_jax.configs import default  # noqa: E402
 
 
 def small_config():
     """A config that trains in well under a second per step on 2 CPU cores."""
-    c = tiny.get_config()
+    c = default.get_config()
+    c.data.tokenizer = "cl100k_base"  # the paper tokenizer; tests that need a trained BPE ask for one
     c.model.update(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, mlp_dim=64)
     c.moe.update(num_experts=4, num_shared_experts=2, expert_mlp_dim=16, top_k=2)  # active width 64
     c.objective.random_length_buckets = (8, 16, 24)

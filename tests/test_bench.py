@@ -9,8 +9,8 @@ from openmoe2_jax import bench, flops
 from openmoe2_jax.models.transformer import ModelConfig
 
 
-def test_tiny_benchmark_rows_ratios_and_table(tmp_path):
-    results = bench.run(shapes=("tiny",), variants=("dense", "ec"), repeats=1, warmup=0,
+def test_cpu_benchmark_rows_ratios_and_table(tmp_path):
+    results = bench.run(shapes=("cpu",), variants=("dense", "ec"), repeats=1, warmup=0,
                         remat_shape=None, topk=False, profile_dir=str(tmp_path), log=lambda *_: None)
     assert results["backend"] == "cpu" and results["device_count"] == 8
     ceiling = results["ceilings"]["float32"]
@@ -18,7 +18,7 @@ def test_tiny_benchmark_rows_ratios_and_table(tmp_path):
     rows = {r["variant"]: r for r in results["rows"]}
     assert set(rows) == {"dense", "ec"}
     for variant, r in rows.items():
-        config, num_ids = bench.shape_config("tiny", variant)
+        config, num_ids = bench.shape_config("cpu", variant)
         model_cfg = ModelConfig.from_config(config, num_ids)
         assert r["flops_per_token"] == flops.train_flops_per_token(model_cfg, 128)
         assert r["tokens_per_second"] == pytest.approx(8 * 128 / r["step_seconds"])
@@ -34,19 +34,19 @@ def test_tiny_benchmark_rows_ratios_and_table(tmp_path):
         assert all(isinstance(top["op"], str) and top["op"] for top in r["top_ops"])
     # matched dense: same FLOPs/token within 1%
     assert rows["ec"]["flops_per_token"] == pytest.approx(rows["dense"]["flops_per_token"], rel=0.01)
-    ratios = results["ratios"]["tiny"]
+    ratios = results["ratios"]["cpu"]
     assert ratios["ec_mfu_over_dense_mfu"] == pytest.approx(rows["ec"]["mfu"] / rows["dense"]["mfu"])
     ffn = {r["variant"]: r for r in results["ffn"]}
     # the same expert FLOPs as the matched dense FFN, plus the router (d_model x experts)
     assert ffn["ec"]["flops_per_token"] == ffn["dense"]["flops_per_token"] + 6 * 64 * 16
     table = bench.markdown(results)
-    assert table.count("| tiny | dense | float32 | 8 x 128 |") == 1 and "| tiny | ec |" in table
+    assert table.count("| cpu | dense | float32 | 16 x 128 |") == 1 and "| cpu | ec |" in table
     assert json.loads(json.dumps(results)) == results
 
 
 def test_a_step_too_big_for_the_machine_is_skipped_with_the_memory_it_needs(monkeypatch):
     monkeypatch.setattr(bench, "_physical_memory_bytes", lambda: 2 ** 20)
-    config, num_ids = bench.shape_config("tiny", "dense")
+    config, num_ids = bench.shape_config("cpu", "dense")
     row = bench.measure(config, num_ids, repeats=1, warmup=0, ceiling_flops=1e11)
     assert "GiB of temporaries" in row["skipped"] and "step_seconds" not in row
 

@@ -14,10 +14,10 @@ import pytest
 import rustbpe
 import tiktoken.load
 
-from openmoe2_jax import validation
-from openmoe2_jax.configs import tiny
+from openmoe2_jax import flops, validation
+from openmoe2_jax.configs import default
 from openmoe2_jax.data import bpe, pipeline, sources
-from openmoe2_jax.data.tokenizer import (CL100K_SHA256, VocabularyError, _sha256, get_tokenizer,
+from openmoe2_jax.data.tokenizer import (CL100K_SHA256, VocabularyError, _sha256, get_tokenizer, num_ids_of,
                                          offline_bpe_path)
 from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig
@@ -137,8 +137,8 @@ def test_prepared_corpus_round_trips(tmp_path, tokenizer, config):
 
 @pytest.fixture(scope="module")
 def bible_train():
-    """The training documents of the bundled corpus under the tiny config's split."""
-    data = tiny.get_config().data
+    """The training documents of the bundled corpus under the default config's split."""
+    data = default.get_config().data
     return pipeline.read_split(data, seed=0).train
 
 
@@ -159,6 +159,11 @@ def test_bpe_4096_ids_follow_the_cl100k_layout(bpe4096, config):
     assert (tok.num_ids, tok.eot_id, tok.mask_id, tok.vocab_size(128)) == (4097, 4096, 4097, 4224)
     assert tok.encoding.encode("<|endoftext|>", allowed_special="all") == [4096]
     assert ModelConfig.from_config(config, tok.num_ids).vocab_size == 4224      # 4098 rows padded to 128
+    # Known from the name alone (FLOPs and parameter tables of runs not yet trained):
+    assert num_ids_of("bpe:4096") == tok.num_ids
+    assert num_ids_of("cl100k_base") == get_tokenizer().num_ids == 100_277
+    config.data.tokenizer = "bpe:4096"
+    assert flops.model_config(config).vocab_size == 4224
     # Bits/byte: every id's UTF-8 length; EOT counts its text, the mask id nothing.
     table = likelihood.token_bytes(tok)
     assert table.shape == (4098,) and table[4096] == len("<|endoftext|>") and table[4097] == 0

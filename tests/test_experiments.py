@@ -18,7 +18,7 @@ from openmoe2_jax.train import loop
 @pytest.mark.parametrize("scale", scales.SCALES)
 def test_every_registered_id_builds_a_valid_config(scale):
     ids = registry.all_ids()
-    assert len(ids) == 32 and len(registry.SECTION_MODULES) == 11
+    assert len(ids) == 38 and len(registry.SECTION_MODULES) == 11  # section 2: 6 variants x 2 budgets
     for experiment_id in ids:
         validation.validate(registry.get_config(experiment_id, scale))
 
@@ -45,7 +45,7 @@ def test_paper_scale_lands_on_8b_total_1p7b_active():
     assert counts["active"] == active == 1_765_401_600      # "1.7B active"
 
 
-@pytest.mark.parametrize("scale", ["paper", "small", "tiny"])
+@pytest.mark.parametrize("scale", ["paper", "small", "cpu"])
 @pytest.mark.parametrize("routing", ["ec", "tc"])
 def test_flops_matched_dense_has_the_moe_active_flops(scale, routing):
     config = scales.get(scale)
@@ -53,19 +53,26 @@ def test_flops_matched_dense_has_the_moe_active_flops(scale, routing):
     moe = flops.train_flops_per_token(flops.model_config(config), config.data.seq_len)
     dense_cfg = flops.matched_dense(config, "flops")
     dense = flops.train_flops_per_token(flops.model_config(dense_cfg), config.data.seq_len)
-    assert abs(dense - moe) / moe < 0.01
+    # Equal FFN FLOPs; the MoE adds only its router (6 x layers x d x E: 1.1% at cpu, 0.1% at paper).
+    router = 6 * config.model.num_layers * config.model.d_model * config.moe.num_experts
+    assert moe - dense == pytest.approx(router, rel=1e-6) and router / moe < 0.015
     params = flops.param_counts(flops.model_config(flops.matched_dense(config, "params")))["total"]
     total = flops.param_counts(flops.model_config(config))["total"]
     assert abs(params - total) / total < 0.001
 
 
-def test_sec02_keeps_the_repeated_data_shape_at_tiny_scale():
-    c = registry.get_config("sec02/dlm_moe_8b1a", "tiny")
-    epochs = c.train.steps * c.train.batch_size * c.data.seq_len / c.data.max_train_tokens
-    assert c.data.max_train_tokens <= 20_000 and epochs >= 10
-    assert registry.get_config("sec02/ar_moe_8b1a", "tiny").moe.routing == "tc"
-    paper = registry.get_config("sec02/ar_dense_1b", "paper")
-    assert paper.data.max_train_tokens == 1_000_000_000 and paper.data.num_epochs == 96
+@pytest.mark.parametrize("scale", ["paper", "cpu"])
+def test_sec02_repeats_one_budget_96_and_another_16_times_at_every_scale(scale):
+    def epochs(c):
+        return c.train.steps * c.train.batch_size * c.data.seq_len / c.data.max_train_tokens
+    main, wide = registry.get_config("sec02/dlm_moe_8b1a", scale), registry.get_config("sec02/dlm_moe_8b1a_u6", scale)
+    assert epochs(main) == pytest.approx(96, rel=0.02) and epochs(wide) == pytest.approx(16, rel=0.02)
+    assert main.data.num_epochs == 0 and main.data.max_train_tokens % main.data.seq_len == 0
+    assert main.train.steps // main.eval.every_steps == 16
+    assert registry.get_config("sec02/ar_moe_8b1a", scale).moe.routing == "tc"
+    assert registry.get_config("sec02/ar_moe_8b1a", scale).objective.kind == "ar"
+    if scale == "paper":  # the study's 1B unique tokens x 96 epochs: 24,000 x 1,024 x 4,096 / 96
+        assert main.data.max_train_tokens == 256_000 * 4096
 
 
 def test_run_key_is_the_hash_of_the_sorted_config_json_without_seed():
@@ -81,24 +88,24 @@ def test_run_key_is_the_hash_of_the_sorted_config_json_without_seed():
 
 
 def test_identical_variants_of_different_sections_share_one_run_and_keys_ignore_the_root():
-    keys = {n: {v: rs[0].key for v, rs in reproduce.plan(registry.section(n), "tiny", "/a", 2).items()}
+    keys = {n: {v: rs[0].key for v, rs in reproduce.plan(registry.section(n), "cpu", "/a", 2).items()}
             for n in registry.SECTION_MODULES}
     baseline = {keys[n]["ec"] for n in (1, 3, 4, 5, 6, 7, 8, 9, 10, 11)}
     assert len(baseline) == 1
     assert keys[1]["tc"] == keys[3]["tc"] == keys[9]["tc"]
-    assert len({k for n in keys for k in keys[n].values()}) == 32 - 9 - 2  # ec 10x, tc 3x
-    moved = reproduce.plan(registry.section(7), "tiny", "/elsewhere/b", 2)
+    assert len({k for n in keys for k in keys[n].values()}) == 38 - 9 - 2  # ec 10x, tc 3x
+    moved = reproduce.plan(registry.section(7), "cpu", "/elsewhere/b", 2)
     assert {v: rs[0].key for v, rs in moved.items()} == keys[7]
     upcycle = moved["ec_upcycle"]
     assert [r.config.moe.upcycle_from for r in upcycle] == [
-        f"/elsewhere/b/tiny/runs/{keys[7]['dense_source']}/seed{s}" for s in (0, 1)]
+        f"/elsewhere/b/cpu/runs/{keys[7]['dense_source']}/seed{s}" for s in (0, 1)]
     assert [r.config.seed for r in upcycle] == [0, 1]
     assert json.loads(upcycle[0].config_json)["moe"]["upcycle_from"] == f"run:{keys[7]['dense_source']}"
     # A different dependency (here: shorter) gives the dependent run a different key.
-    assert reproduce.plan(registry.section(7), "tiny", "/a", 1, steps=40)["ec_upcycle"][0].key != \
-        reproduce.plan(registry.section(7), "tiny", "/a", 1, steps=80)["ec_upcycle"][0].key
+    assert reproduce.plan(registry.section(7), "cpu", "/a", 1, steps=40)["ec_upcycle"][0].key != \
+        reproduce.plan(registry.section(7), "cpu", "/a", 1, steps=80)["ec_upcycle"][0].key
     with pytest.raises(ValueError, match="seeds = 0: expected at least 1"):
-        reproduce.plan(registry.section(3), "tiny", "/a", 0)
+        reproduce.plan(registry.section(3), "cpu", "/a", 0)
 
 
 def _fake_validation_loss(config):
@@ -115,7 +122,7 @@ def fake_train(monkeypatch):
         calls.append((workdir, config.seed))
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(dict(steps=config.train.steps, final_train_loss=7.0,
+            json.dump(dict(steps=config.train.steps, final_train_loss=7.0, wall_seconds=30.0,
                            final_validation_loss=_fake_validation_loss(config)), f)
 
     monkeypatch.setattr(reproduce.loop, "train", train)
@@ -148,7 +155,7 @@ def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train
     assert sorted(s for _, s in fake_train[6:]) == [2, 2]
     # An interrupted run (summary short of the steps) runs again (the trainer resumes it); only it.
     tc_dir = tmp_path / "smoke" / r3["results"]["tc"]["run"] / "seed1"
-    (tc_dir / "summary.json").write_text(json.dumps(dict(steps=1, final_train_loss=7.0,
+    (tc_dir / "summary.json").write_text(json.dumps(dict(steps=1, final_train_loss=7.0, wall_seconds=1.0,
                                                          final_validation_loss=6.0)))
     reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
     assert fake_train[8:] == [(str(tc_dir), 1)]
@@ -160,6 +167,29 @@ def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train
     (tmp_path / "smoke" / "runs" / ec_key / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="holds a different config"):
         reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+
+
+def test_section_2_table_shows_where_each_variant_turned_up():
+    section = registry.section(2)
+    common = dict(steps=[96, 96], tokens_per_step=100, unique_tokens=200)  # 48 epochs
+    results = {
+        "ar_moe_8b1a": dict(common, validation_loss=[5.0, 5.2], best_validation_loss=[4.0, 4.2],
+                            best_validation_step=[8, 12]),
+        "dlm_moe_8b1a": dict(common, validation_loss=[4.5, 4.5], best_validation_loss=[4.5, 4.5],
+                             best_validation_step=[96, 96]),
+    }
+    lines = reproduce.repeated_lines(section, results)
+    assert "| ar_moe_8b1a | 200 | 48 | 4.1000 ± 0.1414 (2) | 5.0 | 1.0000 ± 0.0000 (2) |" in lines
+    assert "| dlm_moe_8b1a | 200 | 48 | 4.5000 ± 0.0000 (2) | 48.0 | 0.0000 ± 0.0000 (2) |" in lines
+
+
+def test_parse_sections():
+    assert reproduce.parse_sections("all") == list(range(1, 12))
+    assert reproduce.parse_sections("3,1") == [3, 1]
+    with pytest.raises(ValueError, match="--section='x': expected 'all'"):
+        reproduce.parse_sections("x")
+    with pytest.raises(ValueError, match="section 12: expected one of"):
+        reproduce.parse_sections("1,12")
 
 
 @pytest.mark.slow

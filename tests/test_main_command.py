@@ -9,8 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 @pytest.mark.slow
-def test_readme_main_command_trains_the_tiny_default(tmp_path):
-    workdir = tmp_path / "tiny"
+def test_readme_main_command_trains_the_default(tmp_path):
+    workdir = tmp_path / "default"
     out = subprocess.run(
         [sys.executable, "-m", "openmoe2_jax.train", f"--workdir={workdir}",
          "--config.train.steps=4", "--config.train.warmup_steps=1", "--config.log_every_steps=2",
@@ -36,10 +36,11 @@ def test_readme_main_command_trains_the_tiny_default(tmp_path):
 
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [2, 4]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 8 * 128
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 128
     assert 0 < summary["final_validation_loss"] < 20
-    # bits/byte = nats/token x tokens / ln 2 / bytes: a cl100k token of English is 3-5 bytes.
-    assert 0.15 < summary["final_validation_bits_per_byte"] / summary["final_validation_loss"] < 0.5
+    # bits/byte = nats/token x tokens / ln 2 / bytes: a token of the 4,096-rank BPE is 2.5-4.5 bytes.
+    assert 0.3 < summary["final_validation_bits_per_byte"] / summary["final_validation_loss"] < 0.6
+    assert sorted(os.listdir(workdir / "tokenizer")) == ["bpe_4096.json", "bpe_4096.tiktoken"]
     assert set(summary["compressor_bits_per_byte"]) == {"xz", "bz2"}
     assert all(1.0 < v < 3.0 for v in summary["compressor_bits_per_byte"].values())
     assert json.loads((workdir / "config.json").read_text())["model"]["d_model"] == 128

@@ -14,7 +14,9 @@ def test_topologies():
 
 
 def test_plan_arithmetic_by_hand():
-    config = scales.get("tiny")   # 4 layers, d 64, 16 experts of 32, k 2, batch 8 x 128
+    config = scales.get("cpu")
+    config.model.num_layers = 4   # 4 layers, d 64, 16 experts of 32, k 2, batch 8 x 128
+    config.train.batch_size = 8
     chip = plan.Chip("toy", bf16_flops=1e12, hbm_bytes=2**30, hbm_bandwidth=1e11, ici_bandwidth=1e9,
                      cores_per_chip=1)
     flat = plan.plan(config, chip, 2, dict(data=2))

@@ -1,7 +1,7 @@
-"""Configs as code (ml_collections). `base.py` is the paper default; `tiny.py` the CPU default.
+"""Configs as code (ml_collections). `base.py` is the paper default; `default.py` the CPU default (README command 1).
 
 Every config file defines `get_config(arg=None)` and can be passed to any CLI as
-`--config=openmoe2_jax/configs/tiny.py` with `--config.model.num_layers=4`-style overrides.
+`--config=openmoe2_jax/configs/default.py` with `--config.model.num_layers=4`-style overrides.
 """
 import os
 
@@ -9,5 +9,5 @@ CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def path(name: str) -> str:
-    """Absolute path of a packaged config file, e.g. path('tiny') (usable as a --config default)."""
+    """Absolute path of a packaged config file, e.g. path("default") (usable as a --config default)."""
     return os.path.join(CONFIG_DIR, f"{name}.py")

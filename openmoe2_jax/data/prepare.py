@@ -1,6 +1,6 @@
 """Tokenize a corpus once into token shards that training memory-maps.
 
-  python -m openmoe2_jax.data.prepare --config=openmoe2_jax/configs/tiny.py \
+  python -m openmoe2_jax.data.prepare --config=openmoe2_jax/configs/default.py \
       --config.data.source=jsonl --config.data.paths='("corpus/*.jsonl",)' --output_dir=tokens/
 
 then train with --config.data.source=prepared --config.data.paths='("tokens/",)'. With
@@ -12,7 +12,7 @@ from absl import app, flags
 from openmoe2_jax import cli, configs, validation
 from openmoe2_jax.data import bpe, pipeline
 
-_CONFIG = cli.define_config_file("config", configs.path("tiny"), "Config file.")
+_CONFIG = cli.define_config_file("config", configs.path("default"), "Config file.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Directory for train.npy, validation.npy, meta.json (and a bpe:N vocabulary).",
     required=True)

@@ -45,6 +45,12 @@ def bpe_num_ranks(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def num_ids_of(name: str) -> int:
+    """Ids the tokenizer `name` produces, known from the name alone: 100,277 for cl100k, N + 1 for bpe:N."""
+    n = bpe_num_ranks(name)
+    return CL100K_NUM_IDS if n is None else n + 1
+
+
 def check_name(name) -> str | None:
     """None if `name` is an allowed config.data.tokenizer, else a description of what is allowed."""
     n = bpe_num_ranks(name)

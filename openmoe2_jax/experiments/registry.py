@@ -1,5 +1,5 @@
 """Experiment IDs -> configs. An ID is `secNN/variant` (e.g. `sec03/ec`), one per ablation variant of
-docs/science.md §4, each at a scale (paper | small | tiny | smoke). The original run names of the study
+docs/science.md §4, each at a scale (paper | small | cpu | smoke). The original run names of the study
 (`{dense|moetopk|moeec}_{tokens}_{epochs}e_{size}_{difflm|ar}[_{variant}]`) are aliases.
 """
 from __future__ import annotations
@@ -64,6 +64,6 @@ def resolve(experiment_id: str) -> tuple[int, str]:
     return number, variant
 
 
-def get_config(experiment_id: str, scale: str = "tiny"):
+def get_config(experiment_id: str, scale: str = "cpu"):
     number, variant = resolve(experiment_id)
     return section(number).VARIANTS[variant](scales.get(scale))

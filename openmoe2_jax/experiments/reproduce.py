@@ -1,6 +1,6 @@
 """Run or collect one ablation section and write its table and loss-curve plot.
 
-  python -m openmoe2_jax.reproduce --section=3 --scale=tiny --workdir=runs/ --seeds=3
+  python -m openmoe2_jax.reproduce --section=3 --scale=cpu --workdir=runs/ --seeds=3
   python -m openmoe2_jax.reproduce --section=3 --scale=paper --workdir=gs://bucket/runs --collect_only
 
 Runs every variant of the section with seeds 0..K-1 (config.seed: initialisation, order of the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 from absl import app, flags
@@ -26,18 +27,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from openmoe2_jax import cli, errors, flops
 from openmoe2_jax.configs import scales
-from openmoe2_jax.experiments import registry, runs, stats
+from openmoe2_jax.experiments import registry, runs, stats, summary
 from openmoe2_jax.train import loop
 
-_SECTION = flags.DEFINE_integer("section", None, "Ablation section (1-11).", required=True)
-_SCALE = flags.DEFINE_enum("scale", "tiny", list(scales.SCALES), "Scale of every variant.")
+_SECTION = flags.DEFINE_string("section", None, "Ablation section: N (1-11), a list N,M,... or 'all' "
+                               "(every section in order, then the overview table).", required=True)
+_SCALE = flags.DEFINE_enum("scale", "cpu", list(scales.SCALES), "Scale of every variant.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
 _COLLECT = flags.DEFINE_bool("collect_only", False, "Only read existing workdirs and write the table.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Override the scale's training steps (0 = keep).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (config.seed = 0..seeds-1).")
 
-PER_SEED = ("steps", "final_train_loss", "validation_loss", "first_validation_loss", "tokens_per_second")
-ONCE = ("total_params", "active_params", "flops_per_token", "objective")  # the same for every seed
+PER_SEED = ("steps", "final_train_loss", "validation_loss", "first_validation_loss", "best_validation_loss",
+            "best_validation_step", "validation_bits_per_byte", "tokens_per_second", "wall_seconds")
+ONCE = ("total_params", "active_params", "flops_per_token", "objective", "unique_tokens",
+        "tokens_per_step")  # the same for every seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +114,17 @@ def collect(workdir: str, config, name: str = "") -> dict:
         steps=summary["steps"], final_train_loss=summary["final_train_loss"],
         validation_loss=evals[-1][1] if evals else summary["final_validation_loss"],
         first_validation_loss=evals[0][1] if evals else float("nan"),
+        validation_bits_per_byte=summary.get("final_validation_bits_per_byte", float("nan")),
+        wall_seconds=summary["wall_seconds"],  # of the run's last (or only) process
+        best_validation_loss=min(v for _, v in evals) if evals else float("nan"),
+        best_validation_step=min(evals, key=lambda e: e[1])[0] if evals else -1,
         # Steady state: the median over logging windows after the first (which holds the compile).
         tokens_per_second=float(np.median(speeds[1:] if len(speeds) > 1 else speeds)) if speeds else 0.0,
         total_params=counts["total"], active_params=counts["active"],
         flops_per_token=flops.train_flops_per_token(mc, config.data.seq_len),
         objective=config.objective.kind,
+        unique_tokens=config.data.max_train_tokens,
+        tokens_per_step=config.train.batch_size * config.data.seq_len,
     )
 
 
@@ -143,6 +153,11 @@ def write_table(section, scale: str, results: dict, out_dir: str) -> str:
         lines.append(f"| {variant} | `{r['run']}` | {r['objective']} | {flops.human(r['total_params'])} | "
                      f"{flops.human(r['active_params'])} | {flops.human(r['flops_per_token'])} | {steps} | "
                      f"{loss} | {speed} | {np.mean(r['final_train_loss']):.4f} |")
+    if hasattr(section, "EPOCHS"):
+        lines += ["", *repeated_lines(section, results)]
+    wall = sum(sum(results[v]["wall_seconds"]) for v in results)
+    lines += ["", f"Training wall time of this section's runs: {wall / 60:.1f} min in all "
+              "(a run shared with another section counted in each; a resumed run: its last process)."]
     lines += ["", f"**Published:** {section.PUBLISHED}", "",
               f"**Ours:** {outcome} — {reason}.", "", f"**Rule:** {stats.rule(n)}", ""]
     text = "\n".join(lines)
@@ -152,6 +167,24 @@ def write_table(section, scale: str, results: dict, out_dir: str) -> str:
         json.dump(dict(section=section.SECTION, scale=scale, seeds=n, rule=stats.rule(n), outcome=outcome,
                        reason=reason, results=results), f, indent=2)
     return text
+
+
+def repeated_lines(section, results: dict) -> list[str]:
+    """Section 2's overfitting table: per variant, its unique tokens and epochs, the lowest validation
+    loss and when, and how far the final loss has turned up from it (mean over seeds)."""
+    lines = ["Overfitting (validation loss against epochs; `loss_vs_epochs.png`): the lowest validation loss "
+             "of each run, the epoch it was reached, and final minus lowest (> 0: the held-out loss turned up).",
+             "", "| variant | unique tokens | epochs | lowest validation loss, mean ± std | at epoch (mean) | "
+             "final − lowest, mean ± std |", "|---|---|---|---|---|---|"]
+    for variant, r in results.items():
+        unique = r["unique_tokens"]
+        per_epoch = r["tokens_per_step"] / unique
+        up = [f - b for f, b in zip(r["validation_loss"], r["best_validation_loss"])]
+        lines.append(f"| {variant} | {unique:,} | {np.mean(r['steps']) * per_epoch:.0f} | "
+                     f"{stats.format_summary(stats.summary(r['best_validation_loss']))} | "
+                     f"{np.mean(r['best_validation_step']) * per_epoch:.1f} | "
+                     f"{stats.format_summary(stats.summary(up))} |")
+    return lines
 
 
 def _mean_curve(workdirs: list[str], tags: tuple[str, ...]):
@@ -197,6 +230,43 @@ def plot(section, scale: str, workdirs: dict, out_dir: str) -> str:
     return path
 
 
+def plot_repeated(section, scale: str, planned: dict, out_dir: str) -> str:
+    """Section 2: validation loss (mean over seeds, ±1 std) against epochs over the unique tokens and
+    against tokens seen, one line per variant; the data budgets differ by line style."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, (ax_epochs, ax_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {}
+    for variant, variant_runs in planned.items():
+        curve = _mean_curve([r.workdir for r in variant_runs], ("eval/loss",))
+        if not curve:
+            continue
+        steps, mean, std = curve
+        config = variant_runs[0].config
+        tokens = steps * config.train.batch_size * config.data.seq_len
+        base = variant.removesuffix("_u6")
+        style = "--" if variant != base else "-"
+        for ax, x in ((ax_epochs, tokens / config.data.max_train_tokens), (ax_tokens, tokens)):
+            (line,) = ax.plot(x, mean, style, marker=".", color=colors.get(base),
+                              label=f"{variant} ({config.data.max_train_tokens:,} unique, n={len(variant_runs)})")
+            colors[base] = line.get_color()
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax_epochs.set(title="validation loss against epochs", xlabel="epochs over the unique tokens",
+                  ylabel="nats/token (AR NLL; diffusion unbiased ELBO)", xscale="log")
+    ax_tokens.set(title="validation loss against tokens seen", xlabel="tokens seen")
+    for ax in (ax_epochs, ax_tokens):
+        ax.grid(alpha=0.3)
+    if ax_epochs.get_legend_handles_labels()[0]:
+        ax_tokens.legend(*ax_epochs.get_legend_handles_labels(), fontsize=7)
+    fig.suptitle(f"Section {section.SECTION}: {section.TITLE} ({scale}; mean over seeds, ±1 std shaded)")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "loss_vs_epochs.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _finished(run: Run) -> bool:
     path = os.path.join(run.workdir, "summary.json")
     if not os.path.exists(path):
@@ -229,15 +299,40 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
     text = write_table(section, scale, results, out_dir)
     compared = getattr(section, "COMPARED", tuple(planned))
     plot(section, scale, {v: [r.workdir for r in planned[v]] for v in compared}, out_dir)
+    if hasattr(section, "EPOCHS"):
+        plot_repeated(section, scale, planned, out_dir)
     return text
+
+
+def parse_sections(text: str) -> list[int]:
+    """`--section`: "all", "N" or "N,M,..." -> section numbers (each checked against the registry)."""
+    if text.strip() == "all":
+        return sorted(registry.SECTION_MODULES)
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--section={text!r}: expected 'all', a section number (1-11) or a comma-separated "
+                         "list of them") from None
+    for number in numbers:
+        registry.section(number)
+    return numbers
 
 
 def main(argv):
     del argv
     cli.quiet_logging()
     with cli.user_errors(ValueError):
-        print(reproduce(_SECTION.value, _SCALE.value, _WORKDIR.value, _COLLECT.value, _STEPS.value,
-                        _SEEDS.value))
+        numbers = parse_sections(_SECTION.value)
+        for number in numbers:
+            start = time.time()
+            print(reproduce(number, _SCALE.value, _WORKDIR.value, _COLLECT.value, _STEPS.value, _SEEDS.value))
+            print(f"section {number}: {time.time() - start:.0f} s wall\n", flush=True)
+        if len(numbers) > 1:
+            overview = summary.summarize(_WORKDIR.value, _SCALE.value)
+            path = os.path.join(_WORKDIR.value, _SCALE.value, "overview.md")
+            with open(path, "w") as f:
+                f.write(overview)
+            print(overview)
 
 
 if __name__ == "__main__":

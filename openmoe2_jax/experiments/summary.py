@@ -1,6 +1,6 @@
 """One table over every reproduced section of a scale (reads WORKDIR/<scale>/secNN/results.json).
 
-  python -m openmoe2_jax.experiments.summary --workdir=runs --scale=tiny > docs/tiny_results.md
+  python -m openmoe2_jax.experiments.summary --workdir=runs --scale=cpu > docs/cpu_study.md
 """
 import json
 import os
@@ -46,6 +46,6 @@ def main(argv):
 
 if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
-    _SCALE = flags.DEFINE_string("scale", "tiny", "Scale.")
+    _SCALE = flags.DEFINE_string("scale", "cpu", "Scale.")
     from openmoe2_jax import cli  # pylint: disable=import-outside-toplevel
     app.run(main, flags_parser=cli.parse_flags)

@@ -5,7 +5,7 @@ default config), optionally DEPENDS (variant -> the variant whose workdir it nee
 (the variants of the table), `direction` (results -> (outcome, reason), the outcome one of
 experiments.stats.OUTCOMES: the published claim checked part by part with `lower` / `same` / `no_gain`
 on the per-seed values of every variant), and `get_config(arg)` with arg "variant,scale" (default
-"ec,tiny"), so any file works as `--config=openmoe2_jax/configs/ablations/sec03_routing.py:tc,tiny`.
+"ec,cpu"), so any file works as `--config=openmoe2_jax/configs/ablations/sec03_routing.py:tc,cpu`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from openmoe2_jax.experiments import stats
 
 
 def build(variants: dict, arg: str | None, default_variant: str):
-    """The config of variant[,scale] from `arg` (e.g. "tc,tiny")."""
+    """The config of variant[,scale] from `arg` (e.g. "tc,cpu")."""
     parts = (arg or "").split(",") if arg else []
     variant = parts[0] if parts and parts[0] else default_variant
-    scale = parts[1] if len(parts) > 1 and parts[1] else "tiny"
+    scale = parts[1] if len(parts) > 1 and parts[1] else "cpu"
     if variant not in variants:
         raise ValueError(f"variant {variant!r}: expected one of {sorted(variants)}")
     return variants[variant](scales.get(scale))

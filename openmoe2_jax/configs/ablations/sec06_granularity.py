@@ -1,5 +1,5 @@
 """Section 6: expert granularity at constant total and active parameters (E / 4, E, 4 E routed
-experts: paper 16 / 64 / 256; tiny 4 / 16 / 64), via configs.derive.with_granularity."""
+experts: paper 16 / 64 / 256; cpu 4 / 16 / 64), via configs.derive.with_granularity."""
 from openmoe2_jax.configs import derive
 from openmoe2_jax.configs.ablations import build, ec, lower
 from openmoe2_jax.experiments.stats import combine
