@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import types
 
 import matplotlib.image
 import ml_collections
@@ -124,6 +125,7 @@ def fake_train(monkeypatch):
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(dict(steps=config.train.steps, final_train_loss=7.0, wall_seconds=30.0,
                            final_validation_loss=_fake_validation_loss(config)), f)
+        return types.SimpleNamespace(steps=config.train.steps, preempted=False)
 
     monkeypatch.setattr(reproduce.loop, "train", train)
     return calls
@@ -167,6 +169,20 @@ def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train
     (tmp_path / "smoke" / "runs" / ec_key / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="holds a different config"):
         reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+
+
+def test_a_sigterm_during_a_run_stops_the_sweep(tmp_path, monkeypatch):
+    calls = []
+
+    def preempted_train(config, workdir, stop_at_step=None, log=print):
+        del config, stop_at_step, log
+        calls.append(workdir)
+        return types.SimpleNamespace(steps=1, preempted=True)
+
+    monkeypatch.setattr(reproduce.loop, "train", preempted_train)
+    with pytest.raises(reproduce.Preempted, match=r"sec03/tc seed 0: stopped by SIGTERM at step 1"):
+        reproduce.reproduce(3, "smoke", str(tmp_path), seeds=2, log=lambda *a: None)
+    assert len(calls) == 1  # no second run after the preempted one
 
 
 def test_section_2_table_shows_where_each_variant_turned_up():

@@ -44,6 +44,10 @@ ONCE = ("total_params", "active_params", "flops_per_token", "objective", "unique
         "tokens_per_step")  # the same for every seed
 
 
+class Preempted(Exception):
+    """The sweep was stopped (SIGTERM) during a run; that run's checkpoint is saved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     variant: str
@@ -290,7 +294,10 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
                 log(f"{name}: finished in {run.workdir}, skipped")
                 continue
             log(f"{name}: training in {run.workdir}")
-            loop.train(run.config, run.workdir, log=lambda msg, n=name: log(f"  [{n}] {msg}"))
+            done = loop.train(run.config, run.workdir, log=lambda msg, n=name: log(f"  [{n}] {msg}"))
+            if done.preempted:  # SIGTERM: the run saved its checkpoint; stop the sweep, not just the run
+                raise Preempted(f"{name}: stopped by SIGTERM at step {done.steps} (checkpoint saved); the same "
+                                "command resumes the sweep from there")
     results = {v: aggregate(rs, [collect(r.workdir, r.config, f"sec{number:02d}/{v} seed {r.seed}")
                                  for r in rs])
                for v, rs in planned.items()}
@@ -321,7 +328,7 @@ def parse_sections(text: str) -> list[int]:
 def main(argv):
     del argv
     cli.quiet_logging()
-    with cli.user_errors(ValueError):
+    with cli.user_errors(ValueError, Preempted):
         numbers = parse_sections(_SECTION.value)
         for number in numbers:
             start = time.time()
