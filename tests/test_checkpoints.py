@@ -37,6 +37,11 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(config, tmp_
 def test_partially_written_checkpoint_is_ignored(config, tmp_path):
     workdir = tmp_path / "run"
     loop.train(config, str(workdir), stop_at_step=3, log=lambda *a: None)
+    # Each checkpoint records how batch-level EC grouped the tokens: the mesh's 8 batch shards
+    # (8 fake devices, data = -1) over 8 x 32 tokens per step.
+    ckpts = checkpoint.Checkpoints(str(workdir / "checkpoints"), keep=None, async_save=False, read_only=True)
+    assert ckpts.recorded_routing(3) == dict(groups=8, tokens_per_group=32)
+    assert ckpts.recorded_vocabulary(3)["tokenizer"] == "cl100k_base"
     # What an interrupted async save leaves behind: orbax's temporary directory.
     os.makedirs(workdir / "checkpoints" / "6.orbax-checkpoint-tmp-123" / "state")
     resumed = loop.train(config, str(workdir), log=lambda *a: None)

@@ -49,19 +49,29 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
-    def save(self, step: int, state, data_iterator, vocabulary: dict | None = None) -> None:
-        """Saves the state and iterator; `vocabulary` (Tokenizer.record) is recorded with them."""
+    def save(self, step: int, state, data_iterator, vocabulary: dict | None = None,
+             routing: dict | None = None) -> None:
+        """Saves the state and iterator; `vocabulary` (Tokenizer.record) and `routing` (routing_record)
+        are recorded with them."""
+        custom = {k: v for k, v in dict(vocabulary=vocabulary, routing=routing).items() if v is not None}
         self._mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-            force=True, custom_metadata=None if vocabulary is None else dict(vocabulary=vocabulary))
+            force=True, custom_metadata=custom or None)
+
+    def _custom(self, step: int) -> dict:
+        try:
+            return self._mngr.metadata(step).custom_metadata or {}
+        except Exception as e:  # orbax raises several types for an unreadable checkpoint
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
 
     def recorded_vocabulary(self, step: int) -> dict | None:
         """The Tokenizer.record saved with `step`; None if it has none (written before records)."""
-        try:
-            custom = self._mngr.metadata(step).custom_metadata or {}
-        except Exception as e:  # orbax raises several types for an unreadable checkpoint
-            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
-        return custom.get("vocabulary")
+        return self._custom(step).get("vocabulary")
+
+    def recorded_routing(self, step: int) -> dict | None:
+        """The routing_record saved with `step`; None if it has none (dense, or written before)."""
+        return self._custom(step).get("routing")
+
 
     def check_compatible(self, step: int, abstract_state, vocabulary: dict | None = None) -> None:
         """Raises VocabularyError if the checkpoint was trained with another vocabulary than
@@ -135,3 +145,14 @@ class Checkpoints:
 
     def close(self) -> None:
         self._mngr.close()
+
+
+def routing_record(model_cfg, batch_size: int, seq_len: int) -> dict | None:
+    """How the run's batch-level EC grouped tokens: {groups, tokens_per_group} per training step, or None
+    for a model without batch-level expert choice. Expert choice picks C = N k cf / E tokens per
+    expert among the N tokens of a group, so N is part of the model's function: evaluation and export
+    must route groups of the same N, whatever mesh they run on."""
+    moe = model_cfg.moe
+    if moe is None or moe.routing != "ec" or moe.ec_group != "batch":
+        return None
+    return dict(groups=moe.num_groups, tokens_per_group=batch_size * seq_len // moe.num_groups)

@@ -210,7 +210,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
                 log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
                 preempted, last = True, step
             if step % config.checkpoint.every_steps == 0 or step == last:
-                ckpts.save(step, state, train_iter, tokenizer.record)
+                ckpts.save(step, state, train_iter, tokenizer.record,
+                           checkpoint.routing_record(model_cfg, batch, seq_len))
             if preempted:
                 break
         wall_loop = time.time() - t_loop
