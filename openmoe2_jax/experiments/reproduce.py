@@ -271,14 +271,6 @@ def plot_repeated(section, scale: str, planned: dict, out_dir: str) -> str:
     return path
 
 
-def _finished(run: Run) -> bool:
-    path = os.path.join(run.workdir, "summary.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return json.load(f)["steps"] >= run.config.train.steps
-
-
 def reproduce(number: int, scale: str, root: str, collect_only: bool = False, steps: int = 0,
               seeds: int = 3, log=print) -> str:
     section = registry.section(number)
@@ -290,7 +282,7 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
             continue
         for run in variant_runs:
             name = f"sec{number:02d}/{variant} seed {run.seed}"
-            if _finished(run):
+            if runs.finished(run.workdir, run.config.train.steps):
                 log(f"{name}: finished in {run.workdir}, skipped")
                 continue
             log(f"{name}: training in {run.workdir}")

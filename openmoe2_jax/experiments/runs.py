@@ -53,6 +53,16 @@ def seeded(config, seed: int, upcycle_from: str = ""):
     return out
 
 
+def finished(workdir: str, steps: int) -> bool:
+    """Whether the run in `workdir` has a summary.json of at least `steps` steps (an interrupted run
+    has none, or fewer)."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f)["steps"] >= steps
+
+
 def check_config(directory: str, text: str, write: bool) -> None:
     """Makes sure `directory`/config.json holds `text` (writes it first when `write` and it is absent)."""
     path = os.path.join(directory, "config.json")

@@ -1,0 +1,245 @@
+"""Scaling laws from this project's own runs.
+
+  python -m openmoe2_jax.scaling sweep --objective=diffusion --ffn=dense --budgets=1e12,3e12,1e13 \
+      --scale=cpu --workdir=runs [--unique_tokens=20000,80000] [--seeds=1] [--collect_only]
+  python -m openmoe2_jax.scaling fit --objective=diffusion --ffn=dense --scale=cpu --workdir=runs
+  python -m openmoe2_jax.scaling plan --flops=1e21 [--unique_tokens=1e9] --scale=paper --workdir=runs
+
+`sweep` trains (or resumes, or with --collect_only only reads) the IsoFLOP runs of scaling/ladder.py in
+WORKDIR/<scale>/runs/<key>/seed<k> (the run directories of `reproduce`: identical configs are one run)
+and lists them in WORKDIR/<scale>/scaling/<objective>_<ffn>/sweep.json. `fit` reads that list and the
+runs' final validation losses (mean over seeds) and writes fit.json (IsoFLOP minima and power laws,
+the parametric law, the data-constrained R* when the sweep had repeated-data runs, each with bootstrap
+95% intervals) and isoflop.png / data_constrained.png beside it. `plan` reads the diffusion and AR
+fits of a scale (either FFN; --ffn picks) and prints the compute-optimal (N, D, epochs) and predicted
+loss for a FLOP budget, with intervals.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from absl import app, flags
+
+from openmoe2_jax import cli
+from openmoe2_jax.configs import scales
+from openmoe2_jax.experiments import runs
+from openmoe2_jax.scaling import ladder, laws
+from openmoe2_jax.train import loop
+
+_OBJECTIVE = flags.DEFINE_enum("objective", "diffusion", ["diffusion", "ar"], "Training objective.")
+_FFN = flags.DEFINE_enum("ffn", "dense", ["dense", "moe"], "FFN of every size of the ladder.")
+_BUDGETS = flags.DEFINE_list("budgets", [], "sweep: FLOP budgets, e.g. 1e12,3e12,1e13.")
+_UNIQUE = flags.DEFINE_list("unique_tokens", [], "sweep: unique-token budgets U for repeated-data runs; "
+                            "plan: the unique tokens available (one number).")
+_SCALE = flags.DEFINE_enum("scale", "cpu", list(scales.SCALES), "Scale whose ladder the sweep uses.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per run.")
+_COLLECT = flags.DEFINE_bool("collect_only", False, "sweep: only list the runs (they were trained elsewhere).")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 100_000, "sweep: leave out sizes that would train longer.")
+_FLOPS = flags.DEFINE_float("flops", 0.0, "plan: the FLOP budget.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "fit: bootstrap resamplings for the intervals.")
+
+COMMANDS = ("sweep", "fit", "plan")
+
+
+def sweep_dir(root: str, scale: str, objective: str, ffn: str) -> str:
+    return os.path.join(root, scale, "scaling", f"{objective}_{ffn}")
+
+
+def _numbers(values, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--{flag}={','.join(values)}: expected comma-separated numbers, e.g. 1e12,3e12") from None
+
+
+def sweep(scale: str, objective: str, ffn: str, budgets, root: str, unique_tokens=(), seeds: int = 1,
+          collect_only: bool = False, max_steps: int = 100_000, log=print) -> str:
+    """Trains (or resumes / skips) every run of the sweep and writes its sweep.json; returns its path."""
+    if seeds < 1:
+        raise ValueError(f"--seeds={seeds}: expected at least 1")
+    planned = ladder.points(scale, objective, ffn, budgets, [int(u) for u in unique_tokens], max_steps)
+    if not planned:
+        raise ValueError(f"--budgets={','.join(f'{b:g}' for b in budgets)}: no size of the {scale} ladder "
+                         f"trains {ladder.MIN_STEPS}..{max_steps} steps at these budgets")
+    listed = []
+    for i, p in enumerate(planned):
+        key = runs.run_key(p.config)
+        runs.check_config(runs.key_dir(root, scale, key), runs.to_json(runs.canonical(p.config), indent=2),
+                          write=not collect_only)
+        dirs = [runs.run_dir(root, scale, key, s) for s in range(seeds)]
+        for seed, workdir in enumerate(dirs):
+            if collect_only or runs.finished(workdir, p.config.train.steps):
+                continue
+            log(f"[{i + 1}/{len(planned)}] {p.name} seed {seed}: {p.config.train.steps} steps, N {p.n:,}, "
+                f"{p.tokens:,} tokens, in {workdir}")
+            done = loop.train(runs.seeded(p.config, seed), workdir, log=lambda m, n=p.name: log(f"  [{n}] {m}"))
+            if done.preempted:
+                raise SystemExit(f"error: {p.name} seed {seed}: stopped by SIGTERM (checkpoint saved); the same "
+                                 "command resumes the sweep")
+        listed.append(dict(name=p.name, budget=p.budget, n=p.n, total_params=p.total_params,
+                           flops_per_token=p.flops_per_token, d=p.tokens, unique_tokens=p.unique_tokens,
+                           flops=p.flops, run=f"runs/{key}", workdirs=dirs))
+    out = sweep_dir(root, scale, objective, ffn)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "sweep.json")
+    with open(path, "w") as f:
+        json.dump(dict(scale=scale, objective=objective, ffn=ffn, law_n="non-embedding active parameters",
+                       runs=listed), f, indent=2)
+    return path
+
+
+def read_sweep(directory: str) -> tuple[dict, list[dict]]:
+    """sweep.json and its runs with `loss` (mean final validation loss over the seeds that finished)."""
+    path = os.path.join(directory, "sweep.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: not found; run `python -m openmoe2_jax.scaling sweep` with the same "
+                         "--objective, --ffn, --scale and --workdir first")
+    with open(path) as f:
+        data = json.load(f)
+    rows = []
+    for r in data["runs"]:
+        losses = []
+        for workdir in r["workdirs"]:
+            summary = os.path.join(workdir, "summary.json")
+            if os.path.exists(summary):
+                with open(summary) as f:
+                    losses.append(json.load(f)["final_validation_loss"])
+        if losses and all(math.isfinite(x) for x in losses):
+            rows.append(dict(r, loss=float(np.mean(losses)), seeds=len(losses)))
+    return data, rows
+
+
+def fit(directory: str, samples: int = 200, log=print) -> dict:
+    """Fits (a), (b) and (c) of scaling/laws.py to a sweep's finished runs; writes fit.json and plots."""
+    data, rows = read_sweep(directory)
+    fresh = [r for r in rows if not r["unique_tokens"]]
+    repeated = [r for r in rows if r["unique_tokens"]]
+    log(f"{len(fresh)} single-pass runs, {len(repeated)} repeated-data runs of {len(data['runs'])} listed")
+    iso = laws.isoflop_fit(fresh)
+    iso_boot = laws.bootstrap(laws.isoflop_fit_flat, fresh, samples)
+    iso["intervals"] = laws.intervals(iso_boot, ["n_opt_exponent", "d_opt_exponent"])
+
+    def parametric(pick, inits=None):
+        return laws.parametric_fit([r["n"] for r in pick], [r["d"] for r in pick], [r["loss"] for r in pick], inits)
+
+    law = parametric(fresh)
+    boot = laws.bootstrap(lambda pick: parametric(pick, [laws.law_theta(law)]), fresh, samples)
+    keys = ("E", "A", "alpha", "B", "beta")
+    out = dict(scale=data["scale"], objective=data["objective"], ffn=data["ffn"], law_n=data["law_n"],
+               runs=len(rows), isoflop=iso, parametric=dict(law, intervals=laws.intervals(boot, keys)),
+               tokens_per_parameter=_tokens_per_parameter(iso))
+    if len(repeated) >= 2:
+        constrained = laws.data_constrained_fit(law, *(np.array([r[k] for r in repeated]) for k in
+                                                       ("n", "d", "unique_tokens", "loss")))
+        boot_c = laws.bootstrap(lambda pick: laws.data_constrained_fit(
+            law, *(np.array([r[k] for r in pick]) for k in ("n", "d", "unique_tokens", "loss"))), repeated, samples)
+        out["data_constrained"] = dict(R_star=constrained["R_star"],
+                                       intervals=laws.intervals(boot_c, ["R_star"]))
+    with open(os.path.join(directory, "fit.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    _plot(directory, out, fresh, repeated)
+    return out
+
+
+def _tokens_per_parameter(iso: dict) -> list[dict]:
+    return [dict(budget=m["budget"], tokens_per_parameter=m["d_opt"] / m["n_opt"]) for m in iso["minima"]]
+
+
+def _plot(directory: str, out: dict, fresh: list[dict], repeated: list[dict]) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for m in out["isoflop"]["minima"]:
+        pts = sorted((r for r in fresh if r["budget"] == m["budget"]), key=lambda r: r["n"])
+        (line,) = ax.plot([r["n"] for r in pts], [r["loss"] for r in pts], "o", label=f"C = {m['budget']:.1e}")
+        x = np.linspace(math.log(pts[0]["n"]), math.log(pts[-1]["n"]), 50)
+        c0, c1, c2 = m["coefficients"]
+        ax.plot(np.exp(x), c0 + c1 * x + c2 * x ** 2, "-", color=line.get_color(), alpha=0.6)
+        ax.plot([m["n_opt"]], [m["loss_opt"]], "*", color=line.get_color(), ms=12)
+    ax.set(xscale="log", xlabel="N (non-embedding active parameters)", ylabel="validation loss (nats/token)",
+           title=f"IsoFLOP profiles: {out['objective']} {out['ffn']} ({out['scale']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(directory, "isoflop.png"), dpi=100)
+    plt.close(fig)
+    if repeated:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        law = dict(out["parametric"], R_star=out.get("data_constrained", {}).get("R_star", float("inf")))
+        for n in sorted({r["n"] for r in repeated}):
+            pts = sorted((r for r in repeated if r["n"] == n), key=lambda r: r["d"] / r["unique_tokens"])
+            epochs = [r["d"] / r["unique_tokens"] for r in pts]
+            (line,) = ax.plot(epochs, [r["loss"] for r in pts], "o", label=f"N = {n:,}")
+            if math.isfinite(law["R_star"]):
+                pred = [float(laws.predict(law, n, laws.effective_data(r["d"], r["unique_tokens"], law["R_star"])))
+                        for r in pts]
+                ax.plot(epochs, pred, "-", color=line.get_color(), alpha=0.6)
+        ax.set(xscale="log", xlabel="epochs (D / U)", ylabel="validation loss (nats/token)",
+               title=f"repeated data: {out['objective']} {out['ffn']} (lines: fitted R*)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "data_constrained.png"), dpi=100)
+        plt.close(fig)
+
+
+def plan(root: str, scale: str, ffn: str, budget: float, unique_tokens: float = 0.0) -> str:
+    """The compute-optimal (N, D, epochs) and predicted loss for `budget`, diffusion vs AR, from the fits
+    of `scale` (each law's bootstrap interval as the range of its N_opt power law)."""
+    if budget <= 0:
+        raise ValueError(f"--flops={budget:g}: expected a positive FLOP budget")
+    lines = [f"Compute-optimal plan for C = {budget:.3g} FLOPs" +
+             (f", U = {unique_tokens:.3g} unique tokens" if unique_tokens else "") + f" ({scale} fits, {ffn})", "",
+             "| objective | N_opt (IsoFLOP power law, 95% interval) | D_opt | epochs | predicted loss |",
+             "|---|---|---|---|---|"]
+    found = 0
+    for objective in ("diffusion", "ar"):
+        path = os.path.join(sweep_dir(root, scale, objective, ffn), "fit.json")
+        if not os.path.exists(path):
+            lines.append(f"| {objective} | no fit ({path} not found) | | | |")
+            continue
+        found += 1
+        with open(path) as f:
+            fitted = json.load(f)
+        iso = fitted["isoflop"]
+        n = iso["n_opt"]["k"] * budget ** iso["n_opt"]["exponent"]
+        d = iso["d_opt"]["k"] * budget ** iso["d_opt"]["exponent"]
+        low, high = (iso["n_opt"]["k"] * budget ** e for e in iso["intervals"]["n_opt_exponent"])
+        law = fitted["parametric"]
+        effective = d
+        if unique_tokens and "data_constrained" in fitted:
+            effective = float(laws.effective_data(d, unique_tokens, fitted["data_constrained"]["R_star"]))
+        loss = float(laws.predict(law, n, effective))
+        epochs = f"{d / unique_tokens:.1f}" if unique_tokens else "—"
+        lines.append(f"| {objective} | {n:.3g} ({min(low, high):.3g} – {max(low, high):.3g}) | {d:.3g} | "
+                     f"{epochs} | {loss:.3f} |")
+    if not found:
+        raise ValueError(f"no fit.json for --scale={scale} --ffn={ffn} under {root}; run `sweep` and `fit` first")
+    return "\n".join(lines)
+
+
+def main(argv):
+    cli.quiet_logging()
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise SystemExit(f"error: expected one command, {' | '.join(COMMANDS)}; got {argv[1:]}")
+    with cli.user_errors(ValueError, laws.FitError):
+        if argv[1] == "sweep":
+            path = sweep(_SCALE.value, _OBJECTIVE.value, _FFN.value, _numbers(_BUDGETS.value, "budgets"),
+                         _WORKDIR.value, _numbers(_UNIQUE.value, "unique_tokens"), _SEEDS.value,
+                         _COLLECT.value, _MAX_STEPS.value)
+            print(f"sweep listed in {path}")
+        elif argv[1] == "fit":
+            out = fit(sweep_dir(_WORKDIR.value, _SCALE.value, _OBJECTIVE.value, _FFN.value), _BOOTSTRAP.value)
+            print(json.dumps(out, indent=2))
+        else:
+            unique = _numbers(_UNIQUE.value, "unique_tokens")
+            print(plan(_WORKDIR.value, _SCALE.value, _FFN.value, _FLOPS.value, unique[0] if unique else 0.0))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,229 @@
+"""Scaling-law fits over finished runs (pure functions on arrays; scipy's L-BFGS for the optimiser).
+
+A run is a point (N, D, L) and, for data-constrained runs, U: N the model size the law uses (this
+project: non-embedding parameters active per token; for a dense model all of them), D the tokens
+trained on, C its training FLOPs, U the unique tokens it saw (D / U epochs), L its final validation loss
+in nats/token.
+
+(a) IsoFLOP minima: for each budget C, a parabola in log N through the losses of that budget's ladder;
+    its vertex is N_opt(C) (D_opt(C) = C / FLOPs-per-token at N_opt). Power laws N_opt = k_N C^a and
+    D_opt = k_D C^b are straight lines in log-log space over the budgets.
+(b) The parametric fit L(N, D) = E + A / N^alpha + B / D^beta, as the compute-optimal scaling literature
+    does: minimise the Huber loss (delta = 1e-3) of log L_pred - log L, with log L_pred written as
+    logsumexp(a - alpha log N, b - beta log D, e) (A = e^a, B = e^b, E = e^e), by L-BFGS from a grid of
+    initialisations, keeping the best.
+(c) Data-constrained: repeated tokens are worth less. With R = D / U - 1 repetitions of U unique tokens,
+    the effective data is D' = U + U R* (1 - exp(-R / R*)) (D' = D for D <= U); L = E + A/N^alpha + B/D'^beta
+    with (E, A, alpha, B, beta) from (b) and R* fitted to the repeated-data runs the same way.
+Confidence intervals: the bootstrap over runs (resampled with replacement, refitted), 2.5 and 97.5
+percentiles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+from scipy import optimize, special
+
+HUBER_DELTA = 1e-3
+CI = (2.5, 97.5)
+
+
+class FitError(ValueError):
+    """Too few or unusable points for a fit (the message says which and what is needed)."""
+
+
+# ----- (a) IsoFLOP profiles -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlop:
+    budget: float          # C, FLOPs
+    n_opt: float           # vertex of the parabola in log N
+    loss_opt: float        # the parabola's value there
+    coefficients: tuple    # (c0, c1, c2) of L = c0 + c1 x + c2 x^2, x = ln N
+
+
+def isoflop_minimum(n, loss, budget: float) -> IsoFlop:
+    """The parabola in ln N through one budget's (N, L) points and its vertex.
+
+    n, loss: [points], at least 3 distinct N. Refuses a parabola that opens downwards or a vertex
+    outside the ladder (the ladder does not bracket the optimum)."""
+    x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
+    if len(np.unique(x)) < 3:
+        raise FitError(f"budget {budget:.3g} FLOPs: {len(np.unique(x))} model sizes; an IsoFLOP parabola "
+                       "needs at least 3")
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 <= 0:
+        raise FitError(f"budget {budget:.3g} FLOPs: the losses do not curve upwards around a minimum "
+                       f"(quadratic coefficient {c2:.3g}); extend the ladder on both sides")
+    vertex = -c1 / (2 * c2)
+    if not x.min() <= vertex <= x.max():
+        raise FitError(f"budget {budget:.3g} FLOPs: the minimum (N = {math.exp(vertex):.3g}) lies outside "
+                       f"the ladder ({math.exp(x.min()):.3g} .. {math.exp(x.max()):.3g}); extend it")
+    return IsoFlop(budget, float(math.exp(vertex)), float(c0 + c1 * vertex + c2 * vertex ** 2), (c0, c1, c2))
+
+
+def power_law(x, y) -> tuple[float, float]:
+    """(k, exponent) of y = k x^exponent, least squares in log-log space; at least 2 distinct x."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if len(np.unique(lx)) < 2:
+        raise FitError(f"{len(np.unique(lx))} FLOP budget(s); a power law in C needs at least 2")
+    slope, intercept = np.polyfit(lx, ly, 1)
+    return float(math.exp(intercept)), float(slope)
+
+
+def isoflop_fit(points: list[dict]) -> dict:
+    """(a) over runs {budget, n, d, loss}: per-budget minima and the N_opt / D_opt power laws.
+
+    D_opt of a budget: C / (FLOPs per token at N_opt), the FLOPs per token interpolated log-log
+    between that budget's ladder points (C / D of each run)."""
+    budgets = sorted({p["budget"] for p in points})
+    minima, d_opt = [], []
+    for c in budgets:
+        pts = sorted((p for p in points if p["budget"] == c), key=lambda p: p["n"])
+        m = isoflop_minimum([p["n"] for p in pts], [p["loss"] for p in pts], c)
+        per_token = np.interp(math.log(m.n_opt), [math.log(p["n"]) for p in pts],
+                              [math.log(c / p["d"]) for p in pts])
+        minima.append(m)
+        d_opt.append(c / math.exp(per_token))
+    k_n, a = power_law(budgets, [m.n_opt for m in minima])
+    k_d, b = power_law(budgets, d_opt)
+    return dict(minima=[dataclasses.asdict(m) | dict(d_opt=d) for m, d in zip(minima, d_opt)],
+                n_opt=dict(k=k_n, exponent=a), d_opt=dict(k=k_d, exponent=b))
+
+
+def isoflop_fit_flat(points: list[dict]) -> dict:
+    """The two exponents of `isoflop_fit` (for the bootstrap)."""
+    fitted = isoflop_fit(points)
+    return dict(n_opt_exponent=fitted["n_opt"]["exponent"], d_opt_exponent=fitted["d_opt"]["exponent"])
+
+
+# ----- (b) the parametric law ------------------------------------------------------------------------
+
+
+def _huber(r, delta: float = HUBER_DELTA):
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r ** 2, delta * (a - 0.5 * delta))
+
+
+def _log_pred(theta, log_n, log_d):
+    """theta = (a, b, e, alpha, beta) -> ln L_pred = logsumexp(a - alpha ln N, b - beta ln D, e)."""
+    a, b, e, alpha, beta = theta
+    return special.logsumexp(np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)]), axis=0)
+
+
+def _objective(theta, log_n, log_d, log_l):
+    return float(np.sum(_huber(_log_pred(theta, log_n, log_d) - log_l)))
+
+
+# The grid of initialisations (a, b, e, alpha, beta), as the compute-optimal literature uses.
+GRID = dict(a=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0), b=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+            e=(-1.0, -0.5, 0.0, 0.5, 1.0), alpha=(0.0, 0.5, 1.0, 1.5, 2.0), beta=(0.0, 0.5, 1.0, 1.5, 2.0))
+
+
+SCREEN = 8  # of a larger set of initialisations, L-BFGS starts from the SCREEN with the lowest objective
+
+
+def _minimise(objective, inits) -> np.ndarray:
+    inits = [np.asarray(t, float) for t in inits]
+    if len(inits) > SCREEN:
+        inits = sorted(inits, key=objective)[:SCREEN]
+    best = None
+    for theta0 in inits:
+        # The Huber values are ~1e-6: L-BFGS's default tolerances would stop at the first step.
+        res = optimize.minimize(objective, theta0, method="L-BFGS-B",
+                                options=dict(gtol=1e-14, ftol=1e-16, maxiter=20_000, maxfun=100_000))
+        if best is None or res.fun < best.fun:
+            best = res
+    return best.x
+
+
+def _as_law(theta) -> dict:
+    a, b, e, alpha, beta = (float(t) for t in theta)
+    return dict(E=math.exp(e), A=math.exp(a), alpha=alpha, B=math.exp(b), beta=beta)
+
+
+def law_theta(law: dict) -> tuple:
+    """The optimiser's parameters (a, b, e, alpha, beta) of a law (to start a refit from it)."""
+    return (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
+
+
+def parametric_fit(n, d, loss, inits=None) -> dict:
+    """(b): {E, A, alpha, B, beta} of L = E + A/N^alpha + B/D^beta. n, d, loss: [runs], at least 5 runs
+    with at least 2 distinct N and 2 distinct D. `inits`: thetas (a, b, e, alpha, beta) to start from
+    (default: every point of GRID, screened by the objective; L-BFGS from the SCREEN best)."""
+    n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+    if len(loss) < 5 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
+        raise FitError(f"{len(loss)} runs with {len(np.unique(n))} sizes and {len(np.unique(d))} token "
+                       "counts; the parametric fit needs at least 5 runs, 2 sizes and 2 token counts")
+    args = (np.log(n), np.log(d), np.log(loss))
+    inits = inits if inits is not None else itertools.product(*GRID.values())
+    return _as_law(_minimise(lambda t: _objective(t, *args), inits))
+
+
+def predict(law: dict, n, d):
+    """L(N, D) of a fitted law (with R_star: D is the effective data of `effective_data`)."""
+    return law["E"] + law["A"] / np.asarray(n, float) ** law["alpha"] + law["B"] / np.asarray(d, float) ** law["beta"]
+
+
+# ----- (c) data-constrained --------------------------------------------------------------------------
+
+
+def effective_data(d, u, r_star: float):
+    """D' = U + U R* (1 - exp(-R / R*)), R = D / U - 1 repetitions; D' = D where D <= U."""
+    d, u = np.asarray(d, float), np.asarray(u, float)
+    r = np.maximum(d / u - 1.0, 0.0)
+    return np.where(d <= u, d, u + u * r_star * (1.0 - np.exp(-r / r_star)))
+
+
+def data_constrained_fit(law: dict, n, d, u, loss) -> dict:
+    """(c): R* of the law `law` (from (b)) fitted to runs (n, d, u, loss) [runs], at least 2 of them
+    repeated (D > U). Returns law + {R_star}."""
+    n, d, u, loss = (np.asarray(v, float) for v in (n, d, u, loss))
+    if int(np.sum(d > u)) < 2:
+        raise FitError(f"{int(np.sum(d > u))} run(s) trained past one epoch (D > U); the data-constrained "
+                       "fit needs at least 2")
+    log_l = np.log(loss)
+
+    def objective(log_r):
+        pred = predict(law, n, effective_data(d, u, math.exp(float(log_r[0]))))
+        return float(np.sum(_huber(np.log(pred) - log_l)))
+
+    best = _minimise(objective, [[math.log(r)] for r in (0.5, 2.0, 5.0, 15.0, 50.0, 200.0)])
+    return dict(law, R_star=math.exp(float(best[0])))
+
+
+# ----- bootstrap -------------------------------------------------------------------------------------
+
+
+def bootstrap(fit, rows: list, samples: int = 200, seed: int = 0) -> list:
+    """`fit` (rows -> dict of numbers) on `samples` resamplings of `rows` with replacement; resamplings
+    the fit refuses (FitError) are skipped. Returns the list of fitted dicts."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(samples):
+        pick = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
+        try:
+            out.append(fit(pick))
+        except FitError:
+            continue
+    if not out:
+        raise FitError(f"none of {samples} bootstrap resamplings of {len(rows)} runs could be fitted")
+    return out
+
+
+def intervals(fits: list[dict], keys) -> dict:
+    """{key: (low, high)}: the CI percentiles of each key over bootstrap fits."""
+    return {k: tuple(float(v) for v in np.percentile([f[k] for f in fits], CI)) for k in keys}
+
+
+def compute_optimal(law: dict, flops: float, flops_per_token, sizes) -> dict:
+    """The size among `sizes` (a fine grid of N) minimising L(N, C / flops_per_token(N)) under the law."""
+    sizes = np.asarray(sizes, float)
+    tokens = flops / np.asarray([flops_per_token(s) for s in sizes])
+    losses = predict(law, sizes, tokens)
+    i = int(np.argmin(losses))
+    return dict(n=float(sizes[i]), d=float(tokens[i]), loss=float(losses[i]))
