@@ -41,6 +41,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     that does not parse as the key's type, and the same key given twice (`--config.data.paths=...`
     twice: which one wins would be a guess, so neither does).
     """
+    if "config" in flags.FLAGS:  # CLIs with a config file; define_config_file has expanded sys.argv
+        argv = expand_experiment(argv)
     keys = _override_keys(argv)
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
@@ -55,12 +57,41 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {_unknown_field(keys, e)}")
 
 
+def expand_experiment(argv: list[str]) -> list[str]:
+    """`--experiment=ID [--scale=S]` -> `--config=<its section file>:<variant>,<S>` (S default: cpu).
+
+    ID is an experiment ID (`sec03/tc`) or one of the study's run names (`moetopk_100b_1e_8b1b7a_difflm`),
+    resolved by experiments/registry.py; `--config.a.b=...` overrides then apply as to any config file.
+    Only for CLIs with a --config file flag (train, data.prepare); elsewhere argv is returned unchanged."""
+    given = [a for a in argv[1:] if a.startswith("--experiment=")]
+    if not given:
+        return argv
+    from openmoe2_jax.configs import scales  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.experiments import registry  # pylint: disable=import-outside-toplevel
+    if len(given) > 1:
+        sys.exit("error: --experiment is given more than once; give one experiment ID.")
+    if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        sys.exit("error: give --experiment or --config, not both (--config.a.b=value overrides work with either).")
+    scale = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--scale=")), "cpu")
+    if scale not in scales.SCALES:
+        sys.exit(f"error: --scale={scale!r}: expected one of {', '.join(scales.SCALES)}")
+    try:
+        number, variant = registry.resolve(given[0].split("=", 1)[1])
+    except ValueError as e:
+        sys.exit(f"error: --{e}")
+    path = registry.section(number).__file__
+    rest = [a for a in argv[1:] if not a.startswith(("--experiment=", "--scale="))]
+    return [argv[0], f"--config={path}:{variant},{scale}", *rest]
+
+
 def define_config_file(name: str, default: str, help_string: str):
     """config_flags.DEFINE_config_file, with an override of a field the config lacks as one `error:` line.
 
     ml_collections resolves the types of `--config.a.b=...` overrides against the default config as
-    soon as the flag is defined (it reads sys.argv then), so a misspelt field fails here, at import.
+    soon as the flag is defined (it reads sys.argv then), so a misspelt field fails here, at import;
+    for the same reason `--experiment=ID` is turned into its `--config=...` here (expand_experiment).
     """
+    sys.argv[:] = expand_experiment(sys.argv)
     try:
         return config_flags.DEFINE_config_file(name, default, help_string)
     except (AttributeError, KeyError) as e:

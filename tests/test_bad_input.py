@@ -275,3 +275,21 @@ def test_eval_with_another_vocabulary_is_refused_naming_both(bpe_run, tmp_path, 
     with pytest.raises(errors.VocabularyError, match=both):
         restore.load(workdir)
     assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_train_takes_an_experiment_id_and_scale(tmp_path):
+    workdir = tmp_path / "run"
+    out = _train_cli(f"--workdir={workdir}", "--experiment=moetopk_100b_1e_8b1b7a_difflm", "--scale=smoke",
+                     "--config.train.steps=1", "--config.eval.every_steps=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = json.loads((workdir / "config.json").read_text())  # the study's name for sec01/tc
+    assert (saved["moe"]["routing"], saved["data"]["tokenizer"], saved["train"]["steps"]) == ("tc", "bpe:2048", 1)
+    for args, message in (
+            (["--experiment=sec03/nope"], "error: --experiment 'sec03/nope': section 3 has ['ec', 'tc']"),
+            (["--experiment=sec03/tc", "--scale=huge"], "error: --scale='huge': expected one of paper, small, cpu"),
+            (["--experiment=sec03/tc", "--config=openmoe2_jax/configs/base.py"],
+             "error: give --experiment or --config, not both")):
+        out = _train_cli(f"--workdir={tmp_path / 'bad'}", *args)
+        assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()

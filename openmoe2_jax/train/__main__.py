@@ -1,6 +1,7 @@
-"""python -m openmoe2_jax.train --workdir=DIR [--config=FILE[:arg]] [--config.a.b=value ...]
+"""python -m openmoe2_jax.train --workdir=DIR [--config=FILE[:arg] | --experiment=ID [--scale=S]] [--config.a.b=value ...]
 
-Trains the config (default: configs/default.py, a small diffusion MoE on the bundled corpus) in DIR, resuming from the
+Trains the config (default: configs/default.py, a small diffusion MoE on the bundled corpus; or the
+experiment ID secNN/variant at a scale, see configs/scales.py) in DIR, resuming from the
 latest checkpoint there. The same command runs on CPU and TPU.
 """
 from absl import app, flags
@@ -8,7 +9,9 @@ from absl import app, flags
 from openmoe2_jax import cli, configs
 from openmoe2_jax.train import loop
 
-_CONFIG = cli.define_config_file("config", configs.path("default"), "Config file (and :arg).")
+_CONFIG = cli.define_config_file(
+    "config", configs.path("default"),
+    "Config file (and :arg); or instead --experiment=secNN/variant (or a study run name) [--scale=cpu].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, config and summary.",
                                required=True)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process "
