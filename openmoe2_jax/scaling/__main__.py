@@ -29,18 +29,21 @@ from openmoe2_jax.experiments import runs
 from openmoe2_jax.scaling import ladder, laws
 from openmoe2_jax.train import loop
 
-_OBJECTIVE = flags.DEFINE_enum("objective", "diffusion", ["diffusion", "ar"], "Training objective.")
-_FFN = flags.DEFINE_enum("ffn", "dense", ["dense", "moe"], "FFN of every size of the ladder.")
-_BUDGETS = flags.DEFINE_list("budgets", [], "sweep: FLOP budgets, e.g. 1e12,3e12,1e13.")
-_UNIQUE = flags.DEFINE_list("unique_tokens", [], "sweep: unique-token budgets U for repeated-data runs; "
-                            "plan: the unique tokens available (one number).")
-_SCALE = flags.DEFINE_enum("scale", "cpu", list(scales.SCALES), "Scale whose ladder the sweep uses.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per run.")
-_COLLECT = flags.DEFINE_bool("collect_only", False, "sweep: only list the runs (they were trained elsewhere).")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 100_000, "sweep: leave out sizes that would train longer.")
-_FLOPS = flags.DEFINE_float("flops", 0.0, "plan: the FLOP budget.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 200, "fit: bootstrap resamplings for the intervals.")
+def _define_flags():
+    """The CLI's flags (defined only when run as a program: `reproduce` has its own --scale)."""
+    flags.DEFINE_enum("objective", "diffusion", ["diffusion", "ar"], "Training objective.")
+    flags.DEFINE_enum("ffn", "dense", ["dense", "moe"], "FFN of every size of the ladder.")
+    flags.DEFINE_list("budgets", [], "sweep: FLOP budgets, e.g. 1e12,3e12,1e13.")
+    flags.DEFINE_list("unique_tokens", [], "sweep: unique-token budgets U for repeated-data runs; "
+        "plan: the unique tokens available (one number).")
+    flags.DEFINE_enum("scale", "cpu", list(scales.SCALES), "Scale whose ladder the sweep uses.")
+    flags.DEFINE_string("workdir", "runs", "Root of the run directories.")
+    flags.DEFINE_integer("seeds", 1, "sweep: seeds per run.")
+    flags.DEFINE_bool("collect_only", False, "sweep: only list the runs (they were trained elsewhere).")
+    flags.DEFINE_integer("max_steps", 100_000, "sweep: leave out sizes that would train longer.")
+    flags.DEFINE_float("flops", 0.0, "plan: the FLOP budget.")
+    flags.DEFINE_integer("bootstrap", 200, "fit: bootstrap resamplings for the intervals.")
+
 
 COMMANDS = ("sweep", "fit", "plan")
 
@@ -225,21 +228,23 @@ def plan(root: str, scale: str, ffn: str, budget: float, unique_tokens: float = 
 
 def main(argv):
     cli.quiet_logging()
+    F = flags.FLAGS  # pylint: disable=invalid-name
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise SystemExit(f"error: expected one command, {' | '.join(COMMANDS)}; got {argv[1:]}")
     with cli.user_errors(ValueError, laws.FitError):
         if argv[1] == "sweep":
-            path = sweep(_SCALE.value, _OBJECTIVE.value, _FFN.value, _numbers(_BUDGETS.value, "budgets"),
-                         _WORKDIR.value, _numbers(_UNIQUE.value, "unique_tokens"), _SEEDS.value,
-                         _COLLECT.value, _MAX_STEPS.value)
+            path = sweep(F.scale, F.objective, F.ffn, _numbers(F.budgets, "budgets"),
+                         F.workdir, _numbers(F.unique_tokens, "unique_tokens"), F.seeds,
+                         F.collect_only, F.max_steps)
             print(f"sweep listed in {path}")
         elif argv[1] == "fit":
-            out = fit(sweep_dir(_WORKDIR.value, _SCALE.value, _OBJECTIVE.value, _FFN.value), _BOOTSTRAP.value)
+            out = fit(sweep_dir(F.workdir, F.scale, F.objective, F.ffn), F.bootstrap)
             print(json.dumps(out, indent=2))
         else:
-            unique = _numbers(_UNIQUE.value, "unique_tokens")
-            print(plan(_WORKDIR.value, _SCALE.value, _FFN.value, _FLOPS.value, unique[0] if unique else 0.0))
+            unique = _numbers(F.unique_tokens, "unique_tokens")
+            print(plan(F.workdir, F.scale, F.ffn, F.flops, unique[0] if unique else 0.0))
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=cli.parse_flags)
