@@ -117,6 +117,9 @@ def test_isoflop_ladder_keeps_flops_within_one_percent(ffn):
         assert base.config.model.mlp_dim == 128 and base.config.model.ffn == "dense"
 
 
+CORPUS = 5_000_000  # the fake training split's tokens: the largest runs of the smoke ladder outgrow it
+
+
 def test_sweep_then_fit_then_plan(tmp_path, monkeypatch):
     """The sweep at `smoke` lists and 'trains' its runs (a fake trainer writes each summary from a known
     law), `fit` reads them back, `plan` reads both objectives' fits."""
@@ -126,13 +129,13 @@ def test_sweep_then_fit_then_plan(tmp_path, monkeypatch):
         del stop_at_step, log
         counts = flops.param_counts(flops.model_config(config))
         tokens = config.train.steps * config.train.batch_size * config.data.seq_len
-        u = config.data.max_train_tokens
-        data = laws.effective_data(tokens, u, 5.0) if u else tokens
+        u = config.data.max_train_tokens or CORPUS  # the training split is a unique-token budget too
+        data = laws.effective_data(tokens, u, 5.0)
         law = dict(LAW, E=LAW["E"] + (0.3 if config.objective.kind == "diffusion" else 0.0))
         trained.append(workdir)
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(dict(steps=config.train.steps, final_validation_loss=float(
+            json.dump(dict(steps=config.train.steps, unique_train_tokens=u, final_validation_loss=float(
                 laws.predict(law, counts["active_non_embedding"], data))), f)
         return types.SimpleNamespace(preempted=False)
 
@@ -143,12 +146,18 @@ def test_sweep_then_fit_then_plan(tmp_path, monkeypatch):
                              log=lambda *a: None)
         listed = json.loads(open(path).read())["runs"]
         assert len(listed) >= 12 and any(r["unique_tokens"] for r in listed)
+        if objective == "diffusion":
+            diffusion_runs = len(listed)
     count = len(trained)
     scaling.sweep("smoke", "ar", "dense", [3e12, 1e13, 3e13], root, unique_tokens=[200_000], log=lambda *a: None)
     assert len(trained) == count  # finished runs are not trained again
     out = scaling.fit(scaling.sweep_dir(root, "smoke", "diffusion", "dense"), samples=10, log=lambda *a: None)
     assert out["parametric"]["E"] == pytest.approx(2.1, rel=0.05)
     assert "R_star" in out["data_constrained"]
+    # a ladder run that outgrew its training split counts as repeated data, not as a single pass
+    outgrown = [p for p in out["points"] if p["unique_tokens"] == CORPUS and p["d"] > CORPUS]
+    assert outgrown and all(p["epochs"] == pytest.approx(p["d"] / CORPUS) for p in outgrown)
+    assert len(out["points"]) == diffusion_runs
     for name in ("fit.json", "isoflop.png", "data_constrained.png"):
         assert os.path.exists(os.path.join(scaling.sweep_dir(root, "smoke", "diffusion", "dense"), name))
     scaling.fit(scaling.sweep_dir(root, "smoke", "ar", "dense"), samples=10, log=lambda *a: None)

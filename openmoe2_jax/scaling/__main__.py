@@ -105,25 +105,32 @@ def read_sweep(directory: str) -> tuple[dict, list[dict]]:
         data = json.load(f)
     rows = []
     for r in data["runs"]:
-        losses = []
+        losses, unique = [], r["unique_tokens"]
         for workdir in r["workdirs"]:
             summary = os.path.join(workdir, "summary.json")
             if os.path.exists(summary):
                 with open(summary) as f:
-                    losses.append(json.load(f)["final_validation_loss"])
+                    s = json.load(f)
+                losses.append(s["final_validation_loss"])
+                unique = s.get("unique_train_tokens") or unique
         if losses and all(math.isfinite(x) for x in losses):
-            rows.append(dict(r, loss=float(np.mean(losses)), seeds=len(losses)))
+            rows.append(dict(r, loss=float(np.mean(losses)), seeds=len(losses), max_train_tokens=r["unique_tokens"],
+                             unique_tokens=unique, epochs=r["d"] / unique if unique else 0.0))
     return data, rows
 
 
 def fit(directory: str, samples: int = 200, log=print) -> dict:
     """Fits (a), (b) and (c) of scaling/laws.py to a sweep's finished runs; writes fit.json and plots."""
     data, rows = read_sweep(directory)
-    fresh = [r for r in rows if not r["unique_tokens"]]
-    repeated = [r for r in rows if r["unique_tokens"]]
-    log(f"{len(fresh)} single-pass runs, {len(repeated)} repeated-data runs of {len(data['runs'])} listed")
-    iso = laws.isoflop_fit(fresh)
-    iso_boot = laws.bootstrap(laws.isoflop_fit_flat, fresh, samples)
+    # (a) compares sizes on the same data: every run not limited to a unique-token budget U by the sweep.
+    # (b) needs data seen once, (c) data seen more than once (the training split's own size counts as U).
+    ladder_runs = [r for r in rows if not r["max_train_tokens"]]
+    fresh = [r for r in rows if r["epochs"] <= 1]
+    repeated = [r for r in rows if r["epochs"] > 1]
+    log(f"{len(rows)} of {len(data['runs'])} listed runs finished: {len(fresh)} saw their data at most once, "
+        f"{len(repeated)} repeated it")
+    iso = laws.isoflop_fit(ladder_runs)
+    iso_boot = laws.bootstrap(laws.isoflop_fit_flat, ladder_runs, samples)
     iso["intervals"] = laws.intervals(iso_boot, ["n_opt_exponent", "d_opt_exponent"])
 
     def parametric(pick, inits=None):
@@ -134,7 +141,9 @@ def fit(directory: str, samples: int = 200, log=print) -> dict:
     keys = ("E", "A", "alpha", "B", "beta")
     out = dict(scale=data["scale"], objective=data["objective"], ffn=data["ffn"], law_n=data["law_n"],
                runs=len(rows), isoflop=iso, parametric=dict(law, intervals=laws.intervals(boot, keys)),
-               tokens_per_parameter=_tokens_per_parameter(iso))
+               tokens_per_parameter=_tokens_per_parameter(iso),
+               points=[{k: r[k] for k in ("name", "budget", "n", "total_params", "d", "unique_tokens", "epochs",
+                                          "loss", "seeds")} for r in rows])
     if len(repeated) >= 2:
         constrained = laws.data_constrained_fit(law, *(np.array([r[k] for r in repeated]) for k in
                                                        ("n", "d", "unique_tokens", "loss")))
@@ -144,7 +153,7 @@ def fit(directory: str, samples: int = 200, log=print) -> dict:
                                        intervals=laws.intervals(boot_c, ["R_star"]))
     with open(os.path.join(directory, "fit.json"), "w") as f:
         json.dump(out, f, indent=2)
-    _plot(directory, out, fresh, repeated)
+    _plot(directory, out, ladder_runs, repeated)
     return out
 
 
@@ -152,13 +161,13 @@ def _tokens_per_parameter(iso: dict) -> list[dict]:
     return [dict(budget=m["budget"], tokens_per_parameter=m["d_opt"] / m["n_opt"]) for m in iso["minima"]]
 
 
-def _plot(directory: str, out: dict, fresh: list[dict], repeated: list[dict]) -> None:
+def _plot(directory: str, out: dict, ladder_runs: list[dict], repeated: list[dict]) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for m in out["isoflop"]["minima"]:
-        pts = sorted((r for r in fresh if r["budget"] == m["budget"]), key=lambda r: r["n"])
+        pts = sorted((r for r in ladder_runs if r["budget"] == m["budget"]), key=lambda r: r["n"])
         (line,) = ax.plot([r["n"] for r in pts], [r["loss"] for r in pts], "o", label=f"C = {m['budget']:.1e}")
         x = np.linspace(math.log(pts[0]["n"]), math.log(pts[-1]["n"]), 50)
         c0, c1, c2 = m["coefficients"]

@@ -38,6 +38,7 @@ class Summary:
     preempted: bool = False       # stopped early by SIGTERM (a checkpoint was saved at `steps`)
     final_validation_bits_per_byte: float = float("nan")
     compressor_bits_per_byte: dict = dataclasses.field(default_factory=dict)  # on the same validation text
+    unique_train_tokens: int = 0  # the training split this run drew from (tokens_seen / this = epochs)
 
 
 def _format_seconds(s: float) -> str:
@@ -245,7 +246,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
         wall_seconds=time.time() - t_start,
         tokens_per_second=(last - first) * tokens_per_step / wall_loop if last > first else 0.0,
         train_losses=losses, resumed_from=resumed_from, preempted=preempted,
-        final_validation_bits_per_byte=val_bpb, compressor_bits_per_byte=compressed)
+        final_validation_bits_per_byte=val_bpb, compressor_bits_per_byte=compressed,
+        unique_train_tokens=int(len(corpus.train)))
     if process == 0:
         (workdir / "summary.json").write_text(json.dumps(
             {k: v for k, v in dataclasses.asdict(summary).items() if k != "train_losses"}, indent=2))
