@@ -15,7 +15,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from openmoe2_jax.eval import restore
-from openmoe2_jax.export import ExportError, export_workdir, files, layout, load_export, reference, write_export
+from openmoe2_jax.export import ExportError, export_workdir, layout, load_export, reference, write_export
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.train import loop
 from openmoe2_jax.train.checkpoint import CheckpointError
@@ -94,22 +94,28 @@ def test_reference_forward_from_the_files_equals_the_jax_model(kind, tmp_path):
         if kind == "ec_batch":  # and routes as the JAX model does with one group
             _close(one_group, _jax_logits(layout.with_groups(cfg, 1), params, tokens))
     if kind == "tc_capacity":  # the capacity drops assignments: dropless TC gives other logits
-        dropless = reference.forward(dict(config, moe=dict(config["moe"], routing="tc_dropless")), weights, tokens)
+        dropless_config = dict(config, moe=dict(config["moe"], routing="tc_dropless"))
+        dropless = reference.forward(dropless_config, weights, tokens)
         assert np.abs(dropless - ours).max() > 1e-3 * np.abs(ours).max()
 
 
 def test_config_json_describes_the_routing(tmp_path):
     cfg, objective, params = _model("router_gated_shared_scaled")
     config = write_export(str(tmp_path), cfg, objective, params, TOKENIZER, tokens_per_group=GROUP)
-    assert json.loads((tmp_path / "config.json").read_text()) == {k: v for k, v in config.items() if k != "files"}
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written == {k: v for k, v in config.items() if k != "files"}
     m = config["moe"]
-    assert (m["routing"], m["routing_level"], m["tokens_per_group"], m["gate"]) == ("ec", "batch", GROUP, "softmax")
-    assert (m["shared_experts"], m["num_shared_experts"], m["num_experts"], m["top_k"]) == ("router_gated", 2, 4, 2)
+    assert (m["routing"], m["routing_level"], m["tokens_per_group"], m["gate"]) == (
+        "ec", "batch", GROUP, "softmax")
+    assert (m["shared_experts"], m["num_shared_experts"], m["num_experts"], m["top_k"]) == (
+        "router_gated", 2, 4, 2)
     assert m["scaling_table"] == list(cfg.moe.scaling) and len(m["scaling_table"]) == 4 + 1
     assert m["scaling_factor"] is None and m["capacity_factor"] == 1.0 and "floor" in m["capacity_rule"]
-    assert (config["objective"], config["attention"], config["tokenizer"]["mask_id"]) == ("diffusion", "bidirectional", NUM_IDS)
+    assert (config["objective"], config["attention"], config["tokenizer"]["mask_id"]) == (
+        "diffusion", "bidirectional", NUM_IDS)
     tc = layout.export_config(_model("tc_dropless_ar_scaled")[0], "ar", TOKENIZER, "float32")
-    assert (tc["moe"]["routing"], tc["moe"]["routing_level"], tc["moe"]["tokens_per_group"]) == ("tc_dropless", "token", None)
+    assert (tc["moe"]["routing"], tc["moe"]["routing_level"], tc["moe"]["tokens_per_group"]) == (
+        "tc_dropless", "token", None)
     assert tc["moe"]["scaling_factor"] > 1 and tc["attention"] == "causal"
     with pytest.raises(ExportError, match="batch-level routed model needs the tokens per routing group"):
         layout.export_config(cfg, objective, TOKENIZER, "float32")
@@ -129,23 +135,27 @@ def test_round_trip_is_bit_identical_and_single_file_is_plain_safetensors(tmp_pa
     assert plain["layers.1.moe.experts.w_down"].shape == (4, 16, 32)       # experts first: [E, f, d]
     # ... and the model built from config.json alone computes the same logits.
     rebuilt = layout.with_groups(layout.model_config(config), B * S // GROUP)
-    np.testing.assert_array_equal(_jax_logits(rebuilt, loaded, _tokens()), _jax_logits(cfg, params, _tokens()))
+    np.testing.assert_array_equal(_jax_logits(rebuilt, loaded, _tokens()),
+                                  _jax_logits(cfg, params, _tokens()))
 
 
 def test_bfloat16_export_round_trips_within_bfloat16_rounding(tmp_path):
     cfg, objective, params = _model("tc_capacity")
-    write_export(str(tmp_path), cfg, objective, params, TOKENIZER, dtype="bfloat16", tokens_per_group=GROUP)
+    write_export(str(tmp_path), cfg, objective, params, TOKENIZER, dtype="bfloat16",
+                 tokens_per_group=GROUP)
     with open(tmp_path / "model.safetensors", "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
-    data = os.path.getsize(tmp_path / "model.safetensors") - 8 - len(json.dumps(header, separators=(",", ":")))
-    assert 0 <= data - sum(p.nbytes for p in jax.tree.leaves(params)) // 2 < 8   # 2 bytes a weight (+ padding)
+    header_bytes = len(json.dumps(header, separators=(",", ":")))
+    data = os.path.getsize(tmp_path / "model.safetensors") - 8 - header_bytes
+    assert 0 <= data - sum(p.nbytes for p in jax.tree.leaves(params)) // 2 < 8   # 2 bytes a weight (+ pad)
     config, stored = load_export(str(tmp_path))
     assert config["dtype"] == "bfloat16" and {str(p.dtype) for p in jax.tree.leaves(stored)} == {"bfloat16"}
     _, loaded = load_export(str(tmp_path), dtype="float32")
     for a, p in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
         assert a.dtype == np.float32
-        np.testing.assert_array_equal(a, np.asarray(jnp.asarray(p).astype(jnp.bfloat16).astype(jnp.float32)))
+        rounded = jnp.asarray(p).astype(jnp.bfloat16).astype(jnp.float32)          # XLA's rounding
+        np.testing.assert_array_equal(a, np.asarray(rounded))
         assert np.all(np.abs(a - p) <= 2.0 ** -8 * np.abs(p))                # bf16: 8 significant bits
     # The reference reads the same rounded weights the JAX model then uses.
     ref_config, weights = reference.load(str(tmp_path))
@@ -196,7 +206,7 @@ def test_an_export_read_with_another_kinds_config_is_refused(tmp_path):
     write_export(str(moe_dir), *_model("ec_batch"), TOKENIZER, tokens_per_group=GROUP)
     dense_cfg, objective, dense_params = _model("dense_diffusion")
     write_export(str(dense_dir), dense_cfg, objective, dense_params, TOKENIZER)
-    with pytest.raises(ExportError, match=r"layers\.0\.ffn\.w_gate: missing.*compared with the model expected"):
+    with pytest.raises(ExportError, match=r"layers\.0\.ffn\.w_gate: missing.*with the model expected"):
         load_export(str(moe_dir), expect=dense_cfg)
     shutil.copyfile(dense_dir / "config.json", moe_dir / "config.json")       # MoE tensors, dense config
     with pytest.raises(ExportError, match=r"layers\.0\.ffn\.w_gate: missing.*compared with its config\.json"):
@@ -213,7 +223,8 @@ def test_an_export_read_with_another_kinds_config_is_refused(tmp_path):
 
 
 def test_name_map_is_the_table_in_docs_export_md():
-    table = re.findall(r"^\| `([a-z_0-9/{}]+)` \| `([a-z_0-9.{}]+)` \|", open(os.path.join(ROOT, "docs", "export.md")).read(), re.M)
+    with open(os.path.join(ROOT, "docs", "export.md")) as f:
+        table = re.findall(r"^\| `([a-z_0-9/{}]+)` \| `([a-z_0-9.{}]+)` \|", f.read(), re.M)
     assert len(table) >= 20
     for ours, exported in table:
         ours, exported = ours.replace("{i}", "7"), exported.replace("{i}", "7")
@@ -245,9 +256,10 @@ def _trained_workdir(tmp_path):
 @pytest.mark.slow
 def test_command_line_exports_a_trained_run(tmp_path):
     workdir, out = _trained_workdir(tmp_path), tmp_path / "export"
-    run = subprocess.run([sys.executable, "-m", "openmoe2_jax.export", f"--workdir={workdir}", f"--out={out}"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+    run = subprocess.run(
+        [sys.executable, "-m", "openmoe2_jax.export", f"--workdir={workdir}", f"--out={out}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
     print(f"export of the trained run: {summary['bytes']:,} bytes in {summary['seconds']} s")
@@ -255,21 +267,27 @@ def test_command_line_exports_a_trained_run(tmp_path):
     # The vocabulary travels with the export; the routing groups are the ones the run trained with
     # (8 fake devices: 8 groups of 8 x 32 / 8 tokens).
     assert sorted(os.listdir(out / "tokenizer")) == ["bpe_300.json", "bpe_300.tiktoken"]
-    assert (out / "tokenizer" / "bpe_300.tiktoken").read_bytes() == (workdir / "tokenizer" / "bpe_300.tiktoken").read_bytes()
+    saved = (workdir / "tokenizer" / "bpe_300.tiktoken").read_bytes()
+    assert (out / "tokenizer" / "bpe_300.tiktoken").read_bytes() == saved
     config, params = load_export(str(out))
     trained = restore.load(str(workdir))                 # the whole train state, restored the other way
-    assert config["tokenizer"]["sha256"] == trained.tokenizer.sha256 and config["tokenizer"]["eot_id"] == 300
+    assert (config["tokenizer"]["sha256"], config["tokenizer"]["eot_id"]) == (trained.tokenizer.sha256, 300)
     assert (config["moe"]["tokens_per_group"], config["moe"]["trained_groups_per_step"]) == (32, 8)
     assert config["source"]["step"] == 2 and config["source"]["run_config"]["data"]["tokenizer"] == "bpe:300"
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b), strict=True), params, trained.params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b), strict=True),
+                 params, trained.params)
     assert set(config["tokenizer"]["files"]) == {"tokenizer/bpe_300.json", "tokenizer/bpe_300.tiktoken"}
     tokens = np.random.default_rng(1).integers(0, 302, (2, 32))
     model_cfg = layout.with_groups(trained.model.cfg, 2)                   # 64 tokens = 2 groups of 32
-    diff = _close(reference.forward(*reference.load(str(out)), tokens), _jax_logits(model_cfg, trained.params, tokens))
+    diff = _close(reference.forward(*reference.load(str(out)), tokens),
+                  _jax_logits(model_cfg, trained.params, tokens))
     print(f"trained EC run: max |reference - jax| = {diff[0]:.2e} ({diff[1]:.2e} of max |logit|)")
     # Params-only restore: the same values as the full state, as host NumPy arrays.
     only = restore.load_params(str(workdir))
-    assert isinstance(only.params["layer_0"]["moe"]["w_up"], np.ndarray) and only.routing == dict(groups=8, tokens_per_group=32)
+    assert isinstance(only.params["layer_0"]["moe"]["w_up"], np.ndarray)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b), strict=True),
+                 only.params, trained.params)
+    assert only.routing == dict(groups=8, tokens_per_group=32)
     with pytest.raises(ExportError, match="is not an empty directory"):
         export_workdir(str(workdir), str(out))
     # A workdir without a checkpoint, or not a workdir at all, is refused by name.

@@ -13,7 +13,7 @@ import os
 import struct
 import sys
 
-import ml_dtypes
+import ml_dtypes  # also registers NumPy's bfloat16, which safetensors needs to read BF16 tensors
 import numpy as np
 from safetensors import safe_open
 

@@ -113,7 +113,8 @@ def routing_level(moe: MoEConfig) -> str:
     return "token" if moe.tc_capacity_factor == 0 else "batch"
 
 
-def moe_description(moe: MoEConfig, first_dense_layers: int, tokens_per_group: int | None, trained_groups: int | None) -> dict:
+def moe_description(moe: MoEConfig, first_dense_layers: int, tokens_per_group: int | None,
+                    trained_groups: int | None) -> dict:
     """config.json's `moe` section: how every MoE layer routes and combines (docs/export.md)."""
     level = routing_level(moe)
     dropless = level == "token"
@@ -148,8 +149,7 @@ def export_config(model_cfg: ModelConfig, objective: str, tokenizer: dict, dtype
                           "attention: the AR objective is causal, diffusion bidirectional.")
     moe = None
     if m.moe is not None:
-        moe = moe_description(m.moe, m.first_dense_layers, tokens_per_group,
-                              m.moe.num_groups)
+        moe = moe_description(m.moe, m.first_dense_layers, tokens_per_group, m.moe.num_groups)
         if moe["routing_level"] == "batch" and not tokens_per_group:
             raise ExportError("a batch-level routed model needs the tokens per routing group it was "
                               "trained with (tokens_per_group).")

@@ -49,7 +49,8 @@ def load_export(directory: str, dtype: str | None = None,
     where = f"the tensors of {directory}"
     for model_cfg, what in ((described, "its config.json"), (expect, "the model expected")):
         if model_cfg is not None:
-            shapes = {n: tuple(a.shape) for n, a in layout.flatten(restore.abstract_params(model_cfg)).items()}
+            abstract = layout.flatten(restore.abstract_params(model_cfg))
+            shapes = {n: tuple(a.shape) for n, a in abstract.items()}
             try:
                 layout.check_tensors(found, shapes, where)
             except ExportError as e:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 
+import ml_dtypes  # noqa: F401  (registers NumPy's bfloat16, which safetensors needs to read BF16 tensors)
 import numpy as np
 from safetensors import safe_open
 

@@ -36,6 +36,8 @@ def write_export(out: str, model_cfg: ModelConfig, objective: str, params: dict,
     out/tokenizer/ (a bpe:N run's vocabulary). Other arguments: layout.export_config, files.write.
     """
     check_out_dir(out)
+    if dtype not in files.DTYPES:
+        raise ExportError(f"--dtype={dtype}: expected one of {', '.join(files.DTYPES)}")
     if max_shard_bytes < 1:
         raise ExportError(f"--max_shard_bytes={max_shard_bytes}: expected a positive number of bytes.")
     names = [os.path.join("tokenizer", os.path.basename(str(p))) for p in tokenizer_files]
@@ -44,7 +46,7 @@ def write_export(out: str, model_cfg: ModelConfig, objective: str, params: dict,
     expected = layout.flatten(restore.abstract_params(model_cfg))
     tensors = layout.flatten(params)
     layout.check_tensors({n: tuple(a.shape) for n, a in tensors.items()},
-                   {n: tuple(a.shape) for n, a in expected.items()}, "the parameters given")
+                         {n: tuple(a.shape) for n, a in expected.items()}, "the parameters given")
     os.makedirs(out, exist_ok=True)
     written = files.write(out, tensors, dtype, max_shard_bytes, dict(producer=layout.FORMAT))
     for path in tokenizer_files:
@@ -66,7 +68,7 @@ def tokenizer_description(tok: Tokenizer) -> dict:
 def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, tokens_per_group: int = 0) -> dict:
     """Exports `workdir`'s latest (or given) checkpoint to `out`; returns config.json's content plus
-    `files`, `bytes` and `seconds`.
+    `files` (the tensor files and index), `bytes` (of the whole export) and `seconds`.
 
     tokens_per_group: 0 = the routing groups the checkpoint records (train/checkpoint.py
     routing_record); give it only for a checkpoint written before routing was recorded.
@@ -96,6 +98,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str =
     result = write_export(out, model_cfg, config.objective.kind, trained.params,
                           tokenizer_description(tok), dtype, max_shard_bytes, tokens_per_group,
                           tokenizer_files, source)
-    result["bytes"] = sum(os.path.getsize(os.path.join(out, f)) for f in result["files"])
+    result["bytes"] = sum(os.path.getsize(os.path.join(root, f))
+                          for root, _, names in os.walk(out) for f in names)
     result["seconds"] = time.time() - t0
     return result
