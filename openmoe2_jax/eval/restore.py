@@ -12,6 +12,7 @@ import os
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -32,6 +33,17 @@ class Trained:
     model: Transformer
     params: dict
     step: int
+
+
+@dataclasses.dataclass
+class TrainedParams:
+    """A checkpoint's parameters alone, on the host (load_params)."""
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    model_cfg: ModelConfig     # num_groups: the groups of the run's training step (routing record)
+    params: dict               # nested dict of NumPy arrays, in config.model.param_dtype
+    step: int
+    routing: dict | None       # the checkpoint's routing_record: {groups, tokens_per_group} or None
 
 
 def _to_tuples(value):
@@ -69,12 +81,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def load(workdir: str, step: int | None = None, devices=None) -> Trained:
-    """The model and params of `workdir`'s latest (or given) checkpoint.
-
-    The params are restored onto a data-parallel mesh over `devices` (default: the first device),
-    whatever mesh wrote them. Batch-level EC then routes over each evaluation batch.
-    """
+def _open_checkpoint(workdir: str, step: int | None):
+    """(config, tokenizer, Checkpoints, step) of `workdir`'s latest (or given) checkpoint, its vocabulary
+    checked against config.json's (by name before the tokenizer is loaded, then by sha256)."""
     config = load_config(workdir)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(ckpt_dir):
@@ -90,6 +99,17 @@ def load(workdir: str, step: int | None = None, devices=None) -> Trained:
     check_vocabulary(recorded, dict(tokenizer=config.data.tokenizer), where)  # by name, before loading
     tokenizer = bpe.run_tokenizer(config.data.tokenizer, [os.path.join(workdir, "tokenizer")], None)
     check_vocabulary(recorded, tokenizer.record, where)
+    return config, tokenizer, checkpoints, step
+
+
+def load(workdir: str, step: int | None = None, devices=None) -> Trained:
+    """The model and params of `workdir`'s latest (or given) checkpoint.
+
+    The params are restored onto a data-parallel mesh over `devices` (default: the first device),
+    whatever mesh wrote them. Batch-level EC then routes over each evaluation batch.
+    """
+    config, tokenizer, checkpoints, step = _open_checkpoint(workdir, step)
+    ckpt_dir = checkpoints.directory
     devices = devices or jax.devices()[:1]
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, expert=1, tensor=1), devices)
     model = Transformer(ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh)))
@@ -102,3 +122,28 @@ def load(workdir: str, step: int | None = None, devices=None) -> Trained:
     except Exception as e:  # orbax raises several types for a damaged checkpoint
         raise CheckpointError(f"{ckpt_dir}/{step} could not be restored: {e}") from e
     return Trained(config=config, tokenizer=tokenizer, model=model, params=state.params, step=step)
+
+
+def load_params(workdir: str, step: int | None = None) -> TrainedParams:
+    """The parameters of `workdir`'s latest (or given) checkpoint as host NumPy arrays, and what they
+    need to be understood. Only the params are read (not the optimizer moments: one copy of the
+    parameters in memory, no device). A checkpoint of another model than config.json builds is refused
+    (CheckpointError naming the first differing parameters)."""
+    config, tokenizer, checkpoints, step = _open_checkpoint(workdir, step)
+    routing = checkpoints.recorded_routing(step)
+    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, routing["groups"] if routing else 1)
+    abstract = abstract_params(ModelConfig.from_config(config, tokenizer.num_ids))
+    checkpoints.check_compatible(step, abstract, subtree="params")
+    params = checkpoints.restore_params(step, abstract)
+    return TrainedParams(config=config, tokenizer=tokenizer, model_cfg=model_cfg, params=params,
+                         step=step, routing=routing)
+
+
+def abstract_params(model_cfg: ModelConfig) -> dict:
+    """The parameter tree `model_cfg` builds, as ShapeDtypeStructs (nothing allocated). The shapes do
+    not depend on the routing groups: it is traced with one group of one token."""
+    if model_cfg.moe is not None:
+        model_cfg = dataclasses.replace(model_cfg, moe=dataclasses.replace(model_cfg.moe, num_groups=1))
+    model = Transformer(model_cfg)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state_lib.strip_boxes(boxed))

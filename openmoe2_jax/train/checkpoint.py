@@ -11,6 +11,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -73,10 +74,12 @@ class Checkpoints:
         return self._custom(step).get("routing")
 
 
-    def check_compatible(self, step: int, abstract_state, vocabulary: dict | None = None) -> None:
+    def check_compatible(self, step: int, abstract_state, vocabulary: dict | None = None,
+                         subtree: str | None = None) -> None:
         """Raises VocabularyError if the checkpoint was trained with another vocabulary than
         `vocabulary` (a Tokenizer.record; None: not checked), CheckpointError if the saved state's
-        tree, shapes or dtypes differ from ours."""
+        tree, shapes or dtypes differ from ours. subtree: compare only that field of the saved state
+        (`params`) with `abstract_state`."""
         if vocabulary is not None:
             check_vocabulary(self.recorded_vocabulary(step), vocabulary,
                              f"the checkpoint in {self.directory} (step {step})")
@@ -87,6 +90,10 @@ class Checkpoints:
         if saved is None:
             raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} has no train state")
         saved = getattr(saved, "tree", saved)
+        if subtree is not None:
+            if subtree not in saved:
+                raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} has no {subtree}")
+            saved = saved[subtree]
         ours = {jax.tree_util.keystr(k, simple=True, separator="/"): (tuple(v.shape), str(v.dtype))
                 for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
         theirs = {jax.tree_util.keystr(k, simple=True, separator="/"): (tuple(v.shape), str(v.dtype))
@@ -112,6 +119,20 @@ class Checkpoints:
         except Exception as e:  # tensorstore / orbax / json errors of a damaged checkpoint
             raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from e
         return restored["state"]
+
+    def restore_params(self, step: int, abstract_params):
+        """Only the `params` of the saved train state, as host NumPy arrays of the shapes and dtypes of
+        `abstract_params` (a tree of ShapeDtypeStruct). The optimizer state is never read: the memory
+        is one copy of the parameters."""
+        item = {"params": abstract_params}
+        args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), item)
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                os.path.join(self.directory, str(step), "state"),
+                args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+        except Exception as e:  # tensorstore / orbax / json errors of a damaged checkpoint
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from e
+        return restored["params"]
 
     def restore_latest_good(self, abstract_state, data_iterator, log=print, vocabulary: dict | None = None):
         """(step, state) of the newest checkpoint that restores, or (None, None) if there is none.
@@ -148,11 +169,14 @@ class Checkpoints:
 
 
 def routing_record(model_cfg, batch_size: int, seq_len: int) -> dict | None:
-    """How the run's batch-level EC grouped tokens: {groups, tokens_per_group} per training step, or None
-    for a model without batch-level expert choice. Expert choice picks C = N k cf / E tokens per
-    expert among the N tokens of a group, so N is part of the model's function: evaluation and export
-    must route groups of the same N, whatever mesh they run on."""
+    """How the run grouped tokens for routing: {groups, tokens_per_group} per training step, or None for
+    a model whose routing does not depend on the grouping (dense, sequence-level EC, dropless TC).
+    Batch-level expert choice picks C = N k cf / E tokens per expert among the N tokens of a group, and
+    token choice with a capacity keeps C = N k cf / E per expert, so N is part of the model's function:
+    evaluation and export must route groups of the same N, whatever mesh they run on."""
     moe = model_cfg.moe
-    if moe is None or moe.routing != "ec" or moe.ec_group != "batch":
+    grouped = moe is not None and ((moe.routing == "ec" and moe.ec_group == "batch") or
+                                   (moe.routing == "tc" and moe.tc_capacity_factor > 0))
+    if not grouped:
         return None
     return dict(groups=moe.num_groups, tokens_per_group=batch_size * seq_len // moe.num_groups)
