@@ -39,7 +39,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # seqio pulls TensorFlow (+2.4 GB); only openmoe2_jax.data.seqio_tasks imports it.
     "seqio": ["seqio>=0.0.20"],
-    "test": ["pytest>=8", "seqio>=0.0.20"],
+    # `python -m openmoe2_jax.eval.harness` (an lm-evaluation-harness model); base lm_eval, no torch.
+    "lm_eval": ["lm_eval>=0.4.13"],
+    "test": ["pytest>=8", "seqio>=0.0.20", "lm_eval>=0.4.13"],
 }
 
 setuptools.setup(

@@ -104,20 +104,51 @@ def build_rows(questions, tokenizer, seq_len: int, pad_id: int):
 
     Returns tokens [R, L], cont [R, L] bool, valid [R, L] bool, question index [R], choice index [R].
     """
-    tokens, cont, valid, q_of, c_of = [], [], [], [], []
+    pairs, q_of, c_of = [], [], []
     for qi, q in enumerate(questions):
         ctx = tokenizer.encode(q.context)
         for ci, choice in enumerate(q.choices):
-            c = tokenizer.encode(choice)[:seq_len - 1]
-            x = (ctx[-(seq_len - len(c)):] if len(ctx) + len(c) > seq_len else ctx) + c
-            n = len(x)
-            tokens.append(x + [pad_id] * (seq_len - n))
-            cont.append([False] * (n - len(c)) + [True] * len(c) + [False] * (seq_len - n))
-            valid.append([True] * n + [False] * (seq_len - n))
+            pairs.append((ctx, tokenizer.encode(choice)))
             q_of.append(qi)
             c_of.append(ci)
-    return (np.asarray(tokens, np.int32), np.asarray(cont), np.asarray(valid), np.asarray(q_of),
-            np.asarray(c_of))
+    return (*token_rows(pairs, seq_len, pad_id), np.asarray(q_of), np.asarray(c_of))
+
+
+def token_rows(pairs, seq_len: int, pad_id: int):
+    """Rows of (context ids, continuation ids) pairs: the continuation cut to its first seq_len - 1 ids,
+    the context left-truncated to fill the rest, then padding to seq_len.
+
+    Returns tokens [R, L] int32, cont [R, L] bool (the continuation's slots), valid [R, L] bool.
+    """
+    tokens, cont, valid = [], [], []
+    for ctx, c in pairs:
+        c = list(c)[:seq_len - 1]
+        x = (list(ctx)[-(seq_len - len(c)):] if len(ctx) + len(c) > seq_len else list(ctx)) + c
+        n = len(x)
+        tokens.append(x + [pad_id] * (seq_len - n))
+        cont.append([False] * (n - len(c)) + [True] * len(c) + [False] * (seq_len - n))
+        valid.append([True] * n + [False] * (seq_len - n))
+    return (np.asarray(tokens, np.int32).reshape(-1, seq_len), np.asarray(cont, bool).reshape(-1, seq_len),
+            np.asarray(valid, bool).reshape(-1, seq_len))
+
+
+def run_batches(fn, arrays, batch_rows: int):
+    """fn(*batch) over consecutive batches of `batch_rows` rows of `arrays` (each [R, ...]); the last
+    batch is padded by repeating its last row, so fn compiles once. Returns fn's outputs (an array or
+    a tuple of arrays, each [batch_rows, ...] per call) concatenated over the R real rows."""
+    outs = []
+    for start in range(0, len(arrays[0]), batch_rows):
+        n = min(batch_rows, len(arrays[0]) - start)
+        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_rows - n, 0)]) if n < batch_rows else a
+        out = fn(*(pad(np.asarray(a[start:start + n])) for a in arrays))
+        outs.append(jax.tree.map(lambda o: np.asarray(o)[:n], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def question_keys(q_of, seed: int) -> np.ndarray:
+    """[R] PRNG keys, fold_in(PRNGKey(seed), q_of[r]): every row of one question gets the same key."""
+    base = jax.random.PRNGKey(seed)
+    return np.asarray(jax.vmap(lambda q: jax.random.fold_in(base, q))(np.asarray(q_of, np.int32)))
 
 
 def score(questions, loglik_fn, tokenizer, seq_len: int, batch_rows: int, seed: int = 0) -> dict:
@@ -127,16 +158,7 @@ def score(questions, loglik_fn, tokenizer, seq_len: int, batch_rows: int, seed: 
     Every choice of question q uses the key fold_in(PRNGKey(seed), q): the same masks.
     """
     tokens, cont, valid, q_of, c_of = build_rows(questions, tokenizer, seq_len, tokenizer.eot_id)
-    base = jax.random.PRNGKey(seed)
-    keys = jax.vmap(lambda q: jax.random.fold_in(base, q))(np.asarray(q_of))
-    logliks = []
-    for start in range(0, len(tokens), batch_rows):
-        sl = slice(start, start + batch_rows)
-        n = len(tokens[sl])
-        pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_rows - n, 0)]) if n < batch_rows else a
-        out = loglik_fn(pad(tokens[sl]), pad(cont[sl]), pad(valid[sl]), pad(np.asarray(keys[sl])))
-        logliks.append(np.asarray(out)[:n])
-    loglik = np.concatenate(logliks)
+    loglik = run_batches(loglik_fn, (tokens, cont, valid, question_keys(q_of, seed)), batch_rows)
     correct, correct_norm = 0, 0
     per_question = []
     for qi, q in enumerate(questions):

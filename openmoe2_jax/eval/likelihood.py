@@ -104,19 +104,40 @@ def mask_exactly(key, cont, counts):
     return rank < counts[:, None]
 
 
-def make_conditional_fn(model, causal: bool, mask_id: int, mc_samples: int, proxy: bool = False):
+def causal_scores(logits, tokens, cont, num_ids: int):
+    """Exact AR scores of each row's continuation: (loglik [R], greedy [R] bool).
+
+    logits [R, L, V] of a causal model on tokens [R, L]; cont [R, L] bool marks the continuation (never
+    the first slot: it has nothing to condition on). loglik = sum of log p(token | the tokens before
+    it) over the continuation; greedy: every continuation token is the argmax over the num_ids real ids
+    (what greedy sampling would pick).
+    """
+    logp = -common.cross_entropy(logits[:, :-1], tokens[:, 1:])                  # [R, L-1]
+    scored = cont[:, 1:]
+    top = jnp.argmax(logits[:, :-1, :num_ids], axis=-1)
+    return (jnp.sum(jnp.where(scored, logp, 0.0), axis=1),
+            jnp.all(jnp.where(scored, top == tokens[:, 1:], True), axis=1))
+
+
+def make_conditional_fn(model, causal: bool, mask_id: int, mc_samples: int, proxy: bool = False,
+                        with_greedy: bool = False):
     """(params, tokens [R, L], cont [R, L] bool, valid [R, L] bool, keys [R]) -> loglik [R].
 
     Each row is context + continuation (+ padding). `keys` are per-row PRNG keys (the same key for
     every choice of one question). Diffusion uses mc_samples masks per row; `proxy` one fully-masked pass.
+    with_greedy: return (loglik [R], greedy [R] bool) instead; greedy is causal_scores' for AR and
+    False for diffusion (whether the sampler would produce the continuation is not computed).
     """
     apply = step_lib.apply_fn(model)
 
     def fn(params, tokens, cont, valid, keys):
         if causal:
-            logits, _ = apply(params, tokens, valid)
-            logp = -common.cross_entropy(logits[:, :-1], tokens[:, 1:])
-            return jnp.sum(jnp.where(cont[:, 1:], logp, 0.0), axis=1)
+            loglik, greedy = causal_scores(apply(params, tokens, valid)[0], tokens, cont, mask_id)
+            return (loglik, greedy) if with_greedy else loglik
+        loglik = diffusion_loglik(params, tokens, cont, valid, keys)
+        return (loglik, jnp.zeros(loglik.shape, bool)) if with_greedy else loglik
+
+    def diffusion_loglik(params, tokens, cont, valid, keys):
         T = cont.sum(1)                                                     # [R]
         if proxy:
             logits, _ = apply(params, jnp.where(cont, mask_id, tokens), valid)

@@ -5,7 +5,7 @@ into our tree, and a NumPy reference forward pass written from the exported file
 
 writer.export_workdir / write_export write an export, reader.load_export reads one back into our
 parameter tree, reference.forward computes logits from the files. The format (tensor names, layouts,
-config.json) is documented in docs/export.md. Nothing else in the project imports this package.
+config.json) is documented in docs/export.md. Only eval/harness.py (the lm_eval model) imports this package.
 """
 from openmoe2_jax.export.layout import ExportError, model_config
 from openmoe2_jax.export.reader import load_export

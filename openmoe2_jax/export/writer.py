@@ -65,6 +65,29 @@ def tokenizer_description(tok: Tokenizer) -> dict:
                 else "tiktoken ranks in tokenizer/ (byte-level BPE, data/bpe.py)")
 
 
+def trained_group_size(trained: restore.TrainedParams, workdir: str, given: int = 0,
+                       argument: str = "--tokens_per_group") -> int | None:
+    """The tokens of one routing group `trained`'s run routed (batch-level EC, TC with a capacity):
+    `given` if nonzero (it must agree with the record; named `argument` in errors), else the
+    checkpoint's routing record, else from config.moe.num_groups (only checkpoints written before
+    routing was recorded need `given`). None for models whose routing does not depend on the grouping."""
+    recorded = (trained.routing or {}).get("tokens_per_group")
+    if given and recorded and given != recorded:
+        raise ExportError(f"{argument}={given}, but the checkpoint records that the run routed groups "
+                          f"of {recorded} tokens; leave {argument} out.")
+    config, moe = trained.config, trained.model_cfg.moe
+    if moe is None or layout.routing_level(moe) != "batch":
+        return None
+    step_tokens, groups = config.train.batch_size * config.data.seq_len, config.moe.num_groups
+    size = given or recorded or (step_tokens // groups if groups else 0)
+    if not size:
+        raise ExportError(
+            f"the checkpoint of {workdir} does not record its routing groups (written before they were "
+            f"recorded) and config.moe.num_groups = 0: pass {argument}=N, the tokens of one routing "
+            "group in training (batch_size x seq_len / data-parallel replicas).")
+    return size
+
+
 def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, tokens_per_group: int = 0) -> dict:
     """Exports `workdir`'s latest (or given) checkpoint to `out`; returns config.json's content plus
@@ -76,21 +99,11 @@ def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str =
     t0 = time.time()
     check_out_dir(out)
     trained = restore.load_params(workdir, step)
-    config, tok = trained.config, trained.tokenizer
-    recorded = (trained.routing or {}).get("tokens_per_group")
-    if tokens_per_group and recorded and tokens_per_group != recorded:
-        raise ExportError(f"--tokens_per_group={tokens_per_group}, but the checkpoint records that the "
-                          f"run routed groups of {recorded} tokens; leave the flag out.")
-    step_tokens, model_cfg = config.train.batch_size * config.data.seq_len, trained.model_cfg
-    if model_cfg.moe is not None and layout.routing_level(model_cfg.moe) == "batch":
-        groups = config.moe.num_groups
-        tokens_per_group = tokens_per_group or recorded or (step_tokens // groups if groups else 0)
-        if not tokens_per_group:
-            raise ExportError(
-                f"the checkpoint of {workdir} does not record its routing groups (written before they "
-                "were recorded) and config.moe.num_groups = 0: pass --tokens_per_group=N, the tokens of "
-                "one routing group in training (batch_size x seq_len / data-parallel replicas).")
-        model_cfg = layout.with_groups(model_cfg, step_tokens // tokens_per_group)
+    config, tok, model_cfg = trained.config, trained.tokenizer, trained.model_cfg
+    tokens_per_group = trained_group_size(trained, workdir, tokens_per_group)
+    if tokens_per_group:
+        model_cfg = layout.with_groups(model_cfg, config.train.batch_size * config.data.seq_len //
+                                       tokens_per_group)
     tokenizer_files = bpe.files(os.path.join(workdir, "tokenizer"), tok.name) \
         if bpe_num_ranks(tok.name) is not None else ()
     source = dict(workdir=os.path.abspath(workdir), step=trained.step,
