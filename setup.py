@@ -41,7 +41,9 @@ EXTRAS = {
     "seqio": ["seqio>=0.0.20"],
     # `python -m openmoe2_jax.eval.harness` (an lm-evaluation-harness model); base lm_eval, no torch.
     "lm_eval": ["lm_eval>=0.4.13"],
-    "test": ["pytest>=8", "seqio>=0.0.20", "lm_eval>=0.4.13"],
+    # pytest-xdist: the tests are independent, and two workers keep both cores busy while one of
+    # them compiles (XLA's CPU compiler is single-threaded).
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "seqio>=0.0.20", "lm_eval>=0.4.13"],
 }
 
 setuptools.setup(
