@@ -26,6 +26,23 @@ def small_config():
     return c
 
 
+def tiny_bpe_config(directory, words, rows: int):
+    """small_config on a corpus of `rows` random 60-word rows drawn from `words` (written to
+    directory/corpus.jsonl), with a bpe:300 vocabulary, 1 layer, 2 steps and a checkpoint at the end."""
+    import json  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    corpus = directory / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(words, 60))}) for _ in range(rows)))
+    c = small_config()
+    c.data.update(source="jsonl", paths=(str(corpus),), tokenizer="bpe:300")
+    c.model.num_layers = 1
+    c.train.update(steps=2, warmup_steps=1)
+    c.eval.num_batches = 1
+    c.checkpoint.every_steps = 2
+    return c
+
+
 @pytest.fixture
 def config():
     return small_config()

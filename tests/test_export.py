@@ -19,7 +19,7 @@ from openmoe2_jax.export import ExportError, export_workdir, layout, load_export
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.train import loop
 from openmoe2_jax.train.checkpoint import CheckpointError
-from tests.conftest import small_config
+from tests.conftest import small_config, tiny_bpe_config
 
 NUM_IDS = 63                      # a small vocabulary: 63 ids + mask id 63, 128 embedding rows
 TOKENIZER = dict(name="test", sha256="0" * 64, num_ids=NUM_IDS, eot_id=NUM_IDS - 1, mask_id=NUM_IDS)
@@ -239,15 +239,7 @@ def test_name_map_is_the_table_in_docs_export_md():
 def _trained_workdir(tmp_path):
     """A 2-step run of a 1-layer batch-level EC diffusion MoE with a bpe:300 vocabulary on a small corpus."""
     words = "and the king went forth unto the city of the land with his sons and priests".split()
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(words, 60))}) for _ in range(200)))
-    c = small_config()
-    c.data.update(source="jsonl", paths=(str(corpus),), tokenizer="bpe:300")
-    c.model.num_layers = 1
-    c.train.update(steps=2, warmup_steps=1)
-    c.eval.num_batches = 1
-    c.checkpoint.every_steps = 2
+    c = tiny_bpe_config(tmp_path, words, rows=200)
     workdir = tmp_path / "run"
     loop.train(c, str(workdir), log=lambda *a: None)
     return workdir

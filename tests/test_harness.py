@@ -22,7 +22,7 @@ from openmoe2_jax.export import ExportError, export_workdir, layout, write_expor
 from openmoe2_jax.models.transformer import ModelConfig, Transformer  # noqa: E402
 from openmoe2_jax.train import loop  # noqa: E402
 from openmoe2_jax.train.checkpoint import CheckpointError  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
+from tests.conftest import small_config, tiny_bpe_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "and the king went forth unto the city of the land with his sons and priests".split()
@@ -40,15 +40,8 @@ def run(tmp_path_factory):
     """A 2-step run of a 1-layer batch-level EC diffusion MoE (bpe:300): 8 fake devices route 8 groups of
     16 x 32 / 8 = 64 tokens, two rows each; and its export."""
     tmp = tmp_path_factory.mktemp("harness")
-    rng = np.random.default_rng(0)
-    corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(WORDS, 60))}) for _ in range(400)))
-    c = small_config()
-    c.data.update(source="jsonl", paths=(str(corpus),), tokenizer="bpe:300")
-    c.model.num_layers = 1
-    c.train.update(steps=2, warmup_steps=1, batch_size=16)
-    c.eval.num_batches = 1
-    c.checkpoint.every_steps = 2
+    c = tiny_bpe_config(tmp, WORDS, rows=400)
+    c.train.batch_size = 16
     workdir = tmp / "run"
     loop.train(c, str(workdir), log=lambda *a: None)
     export_workdir(str(workdir), str(tmp / "export"))
