@@ -1,9 +1,23 @@
-"""Tests run on the CPU with 8 fake devices, so meshes, shardings and collectives are real."""
+"""Tests run on the CPU with 8 fake devices, so meshes, shardings and collectives are real.
+
+One XLA compilation cache serves the whole test session: a directory made here by the first process
+that imports this file (pytest itself, before it starts any xdist worker) and inherited through the
+environment by the workers and by every subprocess a test starts. Many tests compile the same small
+programs; each is compiled once per session instead of once per test. The cache is keyed by the
+compiled program, so it cannot hand one test another's code; it is deleted when the session ends.
+"""
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="openmoe2_jax_test_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -48,6 +62,31 @@ def config():
     return small_config()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the slow end-to-end tests at full size (every section of `reproduce`, the "
+                          "README's main command to its last step); without it, and in CI, they run reduced")
+
+
+@pytest.fixture(scope="session")
+def full(request) -> bool:
+    """True under --full: a slow test runs its full-size form instead of the reduced one CI runs."""
+    return request.config.getoption("--full")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that under xdist the two workers finish together instead of one idling
+    while the other runs a long end-to-end test that happened to come last."""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within
+
+
 def pytest_report_header(config):
     del config
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"
+
+
+def pytest_unconfigure(config):
+    del config
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from openmoe2_jax import errors, validation
 from openmoe2_jax.data import bpe, sources
 from openmoe2_jax.eval import restore
-from openmoe2_jax.train import loop
+from openmoe2_jax.train import checkpoint, loop
 from tests.conftest import small_config
 
 
@@ -198,6 +199,26 @@ def test_a_diverged_loss_is_an_error_line_and_keeps_the_last_checkpoint(tmp_path
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss is") and "last checkpoint kept" in last, out.stderr[-2000:]
+    # The error waited for the save in flight: the last checkpoint before the diverged step is whole.
+    diverged = int(re.search(r"at step (\d+)", last).group(1))
+    entries = os.listdir(workdir / "checkpoints")
+    saved = sorted(int(d) for d in entries if d.isdigit())
+    assert saved[-1] == (diverged - 1) // 2 * 2 and all(d.isdigit() for d in entries), entries
+    assert restore.load(str(workdir)).step == saved[-1]
+
+
+def test_an_error_in_the_loop_finishes_the_save_in_flight_first(config, tmp_path, monkeypatch):
+    waited = []
+    wait = checkpoint.Checkpoints.wait
+    monkeypatch.setattr(checkpoint.Checkpoints, "wait", lambda self: waited.append(True) or wait(self))
+    config.train.update(learning_rate=1e12, grad_clip=0.0)
+    config.checkpoint.update(every_steps=1, async_save=True)  # a save is in flight at every step
+    with pytest.raises(FloatingPointError, match="last checkpoint kept"):
+        loop.train(config, str(tmp_path / "run"), log=quiet)
+    assert waited == [True]
+    assert restore.load(str(tmp_path / "run")).step >= 1
+
+
 # ------------------------------------------------------------------ another vocabulary
 
 @pytest.fixture(scope="module")

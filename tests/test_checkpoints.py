@@ -4,6 +4,7 @@ import os
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
@@ -16,6 +17,9 @@ def _largest_file(directory):
     return max(files, key=os.path.getsize)
 
 
+# orbax's read coroutines, cut off when the damaged checkpoint fails to restore, are closed later (by
+# the garbage collector, or after their event loop has closed): harmless, reported as unraisable.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(config, tmp_path):
     reference = loop.train(config, str(tmp_path / "ref"), log=lambda *a: None)
     workdir = tmp_path / "run"

@@ -240,9 +240,10 @@ def _table_rows(text):
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_sections_with_two_seeds_then_upcycling_reusing_the_baseline(tmp_path):
+def test_reproduce_smoke_sections_with_two_seeds_then_upcycling_reusing_the_baseline(tmp_path, full):
     """Section 3 at 2 seeds (table, verdict, plot, collect_only, overview), then section 7 at 1 seed:
-    its `ec` is section 3's seed 0 (not trained again), its dependency runs before the upcycled run."""
+    its `ec` is section 3's seed 0 (not trained again), its dependency runs before the upcycled run.
+    --full: then every other section at 2 seeds, each to a table with its verdict."""
     root = str(tmp_path)
     text = reproduce.reproduce(3, "smoke", root, seeds=2, log=lambda *a: None)
     out = tmp_path / "smoke" / "sec03"
@@ -277,6 +278,14 @@ def test_reproduce_smoke_sections_with_two_seeds_then_upcycling_reusing_the_base
     assert started == ["sec07/dense_source seed 0", "sec07/ec_upcycle seed 0"]
     assert f"sec07/ec seed 0: finished in {tmp_path / 'smoke' / ec['run'] / 'seed0'}, skipped" in seen
     assert any("upcycled from" in m and "runs/" in m for m in seen)
+    for number in (1, 2, 4, 5, 6, 8, 9, 10, 11) if full else ():
+        text = reproduce.reproduce(number, "smoke", root, seeds=2, log=lambda *a: None)
+        results = json.loads((tmp_path / "smoke" / f"sec{number:02d}" / "results.json").read_text())
+        assert results["seeds"] == 2 and (tmp_path / "smoke" / f"sec{number:02d}" / "table.md").read_text() == text
+        for variant, result in results["results"].items():
+            assert len(result["validation_loss"]) == 2 and f"| {variant} |" in text, (number, variant)
+        if number != 2:  # section 2 is curves against epochs, without a verdict
+            assert results["outcome"] in ("agrees", "disagrees", "no measurable difference"), number
     os.remove(tmp_path / "smoke" / ec["run"] / "seed1" / "summary.json")
     with pytest.raises(reproduce.errors.CheckpointError, match="sec03/ec seed 1: .* has not finished"):
         reproduce.reproduce(3, "smoke", root, collect_only=True, seeds=2)

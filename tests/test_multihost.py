@@ -16,7 +16,8 @@ ARGS = ["--config.model.num_layers=2", "--config.model.d_model=32", "--config.mo
         "--config.moe.expert_mlp_dim=16", "--config.data.seq_len=32",
         "--config.objective.random_length_buckets=(8,16)", "--config.train.steps=4",
         "--config.train.warmup_steps=1", "--config.eval.every_steps=0", "--config.eval.num_batches=2",
-        "--config.checkpoint.every_steps=2", "--config.log_every_steps=1", "--config.moe.num_groups=2"]
+        "--config.eval.compressors=()", "--config.checkpoint.every_steps=2", "--config.log_every_steps=1",
+        "--config.moe.num_groups=2"]
 
 
 def _free_port():

@@ -71,18 +71,28 @@ def _train_cmd(workdir, checkpoint_every=2):
             "--config.model.num_layers=2", "--config.model.d_model=32", "--config.model.num_heads=2",
             "--config.model.num_kv_heads=2", "--config.model.mlp_dim=64", "--config.data.seq_len=32",
             "--config.objective.random_length_buckets=(8,16)", "--config.train.steps=12",
-            "--config.train.warmup_steps=2", "--config.eval.every_steps=0",
+            "--config.train.warmup_steps=2", "--config.eval.every_steps=0", "--config.eval.compressors=()",
             f"--config.checkpoint.every_steps={checkpoint_every}", "--config.log_every_steps=1"]
 
 
-@pytest.mark.slow
-def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    ref_dir, dir_ = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_train_cmd(ref_dir), check=True, env=env, capture_output=True)
-    (reference,) = _losses_per_file(ref_dir / "tensorboard")
+ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
-    proc = subprocess.Popen(_train_cmd(dir_), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The losses of `_train_cmd`'s 12 steps run without interruption, {step: loss} (checkpointing
+    does not change them, so both tests below compare with this one run)."""
+    ref_dir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_train_cmd(ref_dir), check=True, env=ENV, capture_output=True)
+    (reference,) = _losses_per_file(ref_dir / "tensorboard")
+    assert sorted(reference) == list(range(1, 13))
+    return reference
+
+
+@pytest.mark.slow
+def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path, uninterrupted):
+    reference, dir_ = uninterrupted, tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(dir_), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = dir_ / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -92,7 +102,7 @@ def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(_train_cmd(dir_), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(dir_), check=True, env=ENV, capture_output=True)
     killed, resumed = _losses_per_file(dir_ / "tensorboard")
     assert min(resumed) >= 5 and max(resumed) == 12  # resumed from a checkpoint at step >= 4
     # Every step, whichever run logged it, has the uninterrupted run's loss, exactly.
@@ -103,14 +113,11 @@ def test_kill_dash_9_then_same_command_resumes_bit_identically(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_a_step_boundary_and_the_restart_loses_nothing(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    ref_dir, dir_ = tmp_path / "ref", tmp_path / "preempted"
+def test_sigterm_saves_at_a_step_boundary_and_the_restart_loses_nothing(tmp_path, uninterrupted):
+    reference, dir_ = uninterrupted, tmp_path / "preempted"
     cmd = lambda d: _train_cmd(d, checkpoint_every=1000)  # only the preemption saves
-    subprocess.run(cmd(ref_dir), check=True, env=env, capture_output=True)
-    (reference,) = _losses_per_file(ref_dir / "tensorboard")
 
-    proc = subprocess.Popen(cmd(dir_), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd(dir_), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (dir_ / "tensorboard").exists():
         time.sleep(0.05)
@@ -125,7 +132,7 @@ def test_sigterm_saves_at_a_step_boundary_and_the_restart_loses_nothing(tmp_path
     assert "stop requested (SIGTERM)" in out
     saved = sorted(int(d) for d in os.listdir(dir_ / "checkpoints") if d.isdigit())
     assert len(saved) == 1 and 3 <= saved[0] < 12
-    subprocess.run(cmd(dir_), check=True, env=env, capture_output=True)
+    subprocess.run(cmd(dir_), check=True, env=ENV, capture_output=True)
     first, resumed = _losses_per_file(dir_ / "tensorboard")
     assert max(first) == saved[0] and min(resumed) == saved[0] + 1   # nothing lost, nothing repeated
     assert {**first, **resumed} == reference

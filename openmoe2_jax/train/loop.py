@@ -176,55 +176,59 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
         losses, window, val_loss, preempted = {}, [], float("nan"), False
         t_window, tokens_per_step = time.time(), batch * seq_len
         t_loop, steps_timed = time.time(), 0
-        for step in range(first + 1, last + 1):
-            state, metrics = train_step(state, to_global(next(train_iter)))
-            loss = float(metrics["loss"])  # synchronises: the step is done
-            losses[step] = loss
-            window.append(loss)
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}; last checkpoint kept.")
-            if step % config.log_every_steps == 0 or step == last:
-                elapsed = time.time() - t_window
-                n = len(window)
-                tps = n * tokens_per_step / elapsed
-                steps_timed += n
-                if writer:
-                    for k, v in jax.device_get(metrics).items():
-                        writer.add_scalar(f"train/{k}", float(v), step)
-                    writer.add_scalar("train/loss_window_mean", float(np.mean(window)), step)
-                    writer.add_scalar("perf/tokens_per_second", tps, step)
-                    writer.add_scalar("perf/step_seconds", elapsed / n, step)
-                    writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
-                    writer.flush()  # a killed run keeps what it logged
-                eta = (last - step) * elapsed / n
-                log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
-                    f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
-                    f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
-                window, t_window = [], time.time()
-            if config.eval.every_steps and step % config.eval.every_steps == 0 and step != last:
+        try:
+            for step in range(first + 1, last + 1):
+                state, metrics = train_step(state, to_global(next(train_iter)))
+                loss = float(metrics["loss"])  # synchronises: the step is done
+                losses[step] = loss
+                window.append(loss)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} at step {step}; last checkpoint kept.")
+                if step % config.log_every_steps == 0 or step == last:
+                    elapsed = time.time() - t_window
+                    n = len(window)
+                    tps = n * tokens_per_step / elapsed
+                    steps_timed += n
+                    if writer:
+                        for k, v in jax.device_get(metrics).items():
+                            writer.add_scalar(f"train/{k}", float(v), step)
+                        writer.add_scalar("train/loss_window_mean", float(np.mean(window)), step)
+                        writer.add_scalar("perf/tokens_per_second", tps, step)
+                        writer.add_scalar("perf/step_seconds", elapsed / n, step)
+                        writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
+                        writer.flush()  # a killed run keeps what it logged
+                    eta = (last - step) * elapsed / n
+                    log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
+                        f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
+                        f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
+                    window, t_window = [], time.time()
+                if config.eval.every_steps and step % config.eval.every_steps == 0 and step != last:
+                    val_loss = evaluate(state.params)
+                    if writer:
+                        writer.add_scalar("eval/loss", val_loss, step)
+                    log(f"step {step:>6} | validation loss {val_loss:.4f}")
+                    t_window = time.time()
+                if watch.should_stop(step) and step != last:
+                    log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
+                    preempted, last = True, step
+                if step % config.checkpoint.every_steps == 0 or step == last:
+                    ckpts.save(step, state, train_iter, tokenizer.record,
+                               checkpoint.routing_record(model_cfg, batch, seq_len))
+                if preempted:
+                    break
+            wall_loop = time.time() - t_loop
+
+            if (last > first or resumed_from is None) and not preempted:  # a preempted host has seconds
                 val_loss = evaluate(state.params)
                 if writer:
-                    writer.add_scalar("eval/loss", val_loss, step)
-                log(f"step {step:>6} | validation loss {val_loss:.4f}")
-                t_window = time.time()
-            if watch.should_stop(step) and step != last:
-                log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
-                preempted, last = True, step
-            if step % config.checkpoint.every_steps == 0 or step == last:
-                ckpts.save(step, state, train_iter, tokenizer.record,
-                           checkpoint.routing_record(model_cfg, batch, seq_len))
-            if preempted:
-                break
-        wall_loop = time.time() - t_loop
-
-        if (last > first or resumed_from is None) and not preempted:  # a preempted host has seconds
-            val_loss = evaluate(state.params)
+                    writer.add_scalar("eval/loss", val_loss, last)
+        finally:
+            # An error (a diverged loss, an interrupt) can leave an async save in flight: finish it,
+            # so that the last checkpoint is whole on disk, before the error propagates.
+            ckpts.wait()
+            ckpts.close()
             if writer:
-                writer.add_scalar("eval/loss", val_loss, last)
-        ckpts.wait()
-        ckpts.close()
-        if writer:
-            writer.close()
+                writer.close()
 
     # Bits/byte: the validation nats over the UTF-8 bytes of the scored tokens of every process's rows.
     val_rows = np.concatenate(pipeline.validation_batches(corpus.validation, seq_len, batch,
