@@ -208,14 +208,14 @@ def test_a_diverged_loss_is_an_error_line_and_keeps_the_last_checkpoint(tmp_path
 
 
 def test_an_error_in_the_loop_finishes_the_save_in_flight_first(config, tmp_path, monkeypatch):
-    waited = []
-    wait = checkpoint.Checkpoints.wait
-    monkeypatch.setattr(checkpoint.Checkpoints, "wait", lambda self: waited.append(True) or wait(self))
+    closed = []
+    close = checkpoint.Checkpoints.close
+    monkeypatch.setattr(checkpoint.Checkpoints, "close", lambda self: closed.append(True) or close(self))
     config.train.update(learning_rate=1e12, grad_clip=0.0)
     config.checkpoint.update(every_steps=1, async_save=True)  # a save is in flight at every step
     with pytest.raises(FloatingPointError, match="last checkpoint kept"):
         loop.train(config, str(tmp_path / "run"), log=quiet)
-    assert waited == [True]
+    assert closed == [True]
     assert restore.load(str(tmp_path / "run")).step >= 1
 
 

@@ -165,6 +165,7 @@ class Checkpoints:
         self._mngr.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for a save in flight, then releases the manager."""
         self._mngr.close()
 
 

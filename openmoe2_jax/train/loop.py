@@ -223,9 +223,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
                 if writer:
                     writer.add_scalar("eval/loss", val_loss, last)
         finally:
-            # An error (a diverged loss, an interrupt) can leave an async save in flight: finish it,
-            # so that the last checkpoint is whole on disk, before the error propagates.
-            ckpts.wait()
+            # An error (a diverged loss, an interrupt) can leave an async save in flight: closing waits
+            # for it, so that the last checkpoint is whole on disk before the error propagates.
             ckpts.close()
             if writer:
                 writer.close()
