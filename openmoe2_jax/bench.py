@@ -44,9 +44,10 @@ from openmoe2_jax.models import layers
 from openmoe2_jax.models.moe import MoEFFN
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import loop, optimizer, state as state_lib
+from openmoe2_jax.train import loop
 
 # dense: FLOPs-matched dense FFN. ec: the study's default. tc: token choice with capacity factor 1
+from openmoe2_jax.runtime import optimizer, state as state_lib
 # (the same slot layout, dispatch and expert FLOPs as EC: the equal-active-FLOPs comparison).
 # tc_dropless: the study's dropless token choice (global sort + grouped matmul, moe.tc_dropless_impl).
 VARIANTS = ("dense", "ec", "tc", "tc_dropless")

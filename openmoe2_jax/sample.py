@@ -6,7 +6,8 @@ AR models: left-to-right sampling. Prints the text, forward passes and tokens/s.
 from absl import app, flags
 
 from openmoe2_jax import cli
-from openmoe2_jax.eval import generate, restore
+from openmoe2_jax.eval import generate
+from openmoe2_jax.runtime import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue (may be empty).")

@@ -11,12 +11,8 @@ from typing import Any, Callable
 import ml_collections
 
 from openmoe2_jax.data import tokenizer
+from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.kernels import ec_topk
-
-
-class ConfigError(ValueError):
-    """A config field has a value that is not allowed."""
-
 
 Check = Callable[[Any], str | None]  # returns a description of what is allowed, or None if ok
 

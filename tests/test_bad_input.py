@@ -9,8 +9,8 @@ import pytest
 
 from openmoe2_jax import errors, validation
 from openmoe2_jax.data import bpe, sources
-from openmoe2_jax.eval import restore
-from openmoe2_jax.train import checkpoint, loop
+from openmoe2_jax.runtime import checkpoint, restore
+from openmoe2_jax.train import loop
 from tests.conftest import small_config
 
 

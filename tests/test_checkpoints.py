@@ -9,7 +9,8 @@ import pytest
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import checkpoint, loop, optimizer, state as state_lib
+from openmoe2_jax.runtime import checkpoint, optimizer, state as state_lib
+from openmoe2_jax.train import loop
 
 
 def _largest_file(directory):

@@ -19,7 +19,7 @@ from openmoe2_jax.configs import default
 from openmoe2_jax.data import bpe, pipeline, sources
 from openmoe2_jax.data.tokenizer import (CL100K_SHA256, VocabularyError, _sha256, get_tokenizer, num_ids_of,
                                          offline_bpe_path)
-from openmoe2_jax.eval import likelihood
+from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.models.transformer import ModelConfig
 
 

@@ -13,9 +13,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from openmoe2_jax import objectives
+from openmoe2_jax.data import benchmarks
 from openmoe2_jax.data.tokenizer import get_tokenizer
-from openmoe2_jax.eval import benchmarks, generate, likelihood
+from openmoe2_jax.eval import generate
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.train import step as step_lib
 
 NUM_IDS = 63  # a small vocabulary (mask id 63, 128 rows) so the estimators can be enumerated
@@ -211,7 +214,7 @@ def test_sampler_schedule_and_validity():
 
 @pytest.mark.slow
 def test_memorised_text_is_regenerated_by_the_diffusion_sampler(config):
-    from openmoe2_jax.train import optimizer, state as state_lib
+    from openmoe2_jax.runtime import optimizer, state as state_lib
     tok = get_tokenizer()
     text = "In the beginning God created the heaven and the earth."
     cl100k = tok.encode(text) + [tok.eot_id]
@@ -231,7 +234,7 @@ def test_memorised_text_is_regenerated_by_the_diffusion_sampler(config):
     state = jax.jit(lambda: nn.meta.unbox(state_lib.init_fn(model, tx, 0, 8, seq)()))()
     step = jax.jit(lambda s, b: step_lib.train_step(
         s, b, model=model, tx=tx, schedule=optimizer.schedule(config.train),
-        objective_cfg=step_lib.frozen_objective(config.objective), mask_id=num_ids))
+        objective_cfg=objectives.frozen_objective(config.objective), mask_id=num_ids))
     batch = jnp.asarray([ids] * 8)
     for _ in range(config.train.steps):
         state, metrics = step(state, batch)

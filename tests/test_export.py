@@ -14,11 +14,11 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
-from openmoe2_jax.eval import restore
 from openmoe2_jax.export import ExportError, export_workdir, layout, load_export, reference, write_export
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.runtime import restore
+from openmoe2_jax.runtime.checkpoint import CheckpointError
 from openmoe2_jax.train import loop
-from openmoe2_jax.train.checkpoint import CheckpointError
 from tests.conftest import small_config, tiny_bpe_config
 
 NUM_IDS = 63                      # a small vocabulary: 63 ids + mask id 63, 128 embedding rows

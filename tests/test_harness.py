@@ -16,12 +16,14 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from openmoe2_jax.data import bpe  # noqa: E402
-from openmoe2_jax.eval import benchmarks, harness, likelihood, restore  # noqa: E402
+from openmoe2_jax.data import benchmarks, bpe  # noqa: E402
+from openmoe2_jax.eval import harness  # noqa: E402
 from openmoe2_jax.export import ExportError, export_workdir, layout, write_export, writer  # noqa: E402
 from openmoe2_jax.models.transformer import ModelConfig, Transformer  # noqa: E402
+from openmoe2_jax.objectives import likelihood  # noqa: E402
+from openmoe2_jax.runtime import restore  # noqa: E402
+from openmoe2_jax.runtime.checkpoint import CheckpointError  # noqa: E402
 from openmoe2_jax.train import loop  # noqa: E402
-from openmoe2_jax.train.checkpoint import CheckpointError  # noqa: E402
 from tests.conftest import small_config, tiny_bpe_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

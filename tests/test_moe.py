@@ -238,12 +238,12 @@ def test_losses_match_numpy_on_random_logits():
 
 
 def test_aux_losses_reach_the_objective_with_their_coefficients(config):
-    from openmoe2_jax.train import step as step_lib
+    from openmoe2_jax.models import transformer
     config.moe.update(z_loss=0.5, ec_balance_loss=0.25)
     model = Transformer(ModelConfig.from_config(config, 100277))
     tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 1000)
     params = model.init(jax.random.key(1), tokens)["params"]
-    _, aux = step_lib.apply_fn(model)(params, tokens, None)
+    _, aux = transformer.apply_fn(model)(params, tokens, None)
     per_layer = [aux[f"moe/layer_{i}/z_loss"] + aux[f"moe/layer_{i}/ec_balance_loss"] for i in range(2)]
     np.testing.assert_allclose(float(aux["aux_loss"]), float(sum(per_layer)), rtol=1e-6)
     assert float(aux["moe/layer_0/ec_balance_loss"]) > 0
@@ -334,7 +334,9 @@ def test_upcycle_by_slice_and_shape_errors(config):
 
 @pytest.mark.parametrize("routing_kind", ["ec", "tc"])
 def test_moe_step_temporary_memory_grows_linearly_in_tokens(config, routing_kind):
-    from openmoe2_jax.train import optimizer, state as state_lib, step as step_lib
+    from openmoe2_jax import objectives
+    from openmoe2_jax.runtime import optimizer, state as state_lib
+    from openmoe2_jax.train import step as step_lib
     config.model.vocab_size = 0
     config.moe.update(routing=routing_kind, num_groups=1)
     temps = []
@@ -345,7 +347,7 @@ def test_moe_step_temporary_memory_grows_linearly_in_tokens(config, routing_kind
         abstract = state_lib.strip_boxes(abstract)
         step = jax.jit(lambda s, b: step_lib.train_step(
             s, b, model=model, tx=tx, schedule=optimizer.schedule(config.train),
-            objective_cfg=step_lib.frozen_objective(config.objective), mask_id=999))
+            objective_cfg=objectives.frozen_objective(config.objective), mask_id=999))
         compiled = step.lower(abstract, jax.ShapeDtypeStruct((batch, 32), jnp.int32)).compile()
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
     # Doubling the tokens at most about doubles the temporaries (quadratic would be 4x).

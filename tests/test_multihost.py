@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from openmoe2_jax.eval import restore
+from openmoe2_jax.runtime import restore
 
 ARGS = ["--config.model.num_layers=2", "--config.model.d_model=32", "--config.model.num_heads=2",
         "--config.model.num_kv_heads=2", "--config.model.mlp_dim=64", "--config.moe.num_experts=4",

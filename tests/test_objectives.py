@@ -133,7 +133,7 @@ def test_ar_loss_is_mean_shifted_ce():
 
 
 def test_schedule_warmup_then_cosine_to_min():
-    from openmoe2_jax.train import optimizer
+    from openmoe2_jax.runtime import optimizer
     t = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1))
     lr = optimizer.schedule(t)
     assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5) and float(lr(10)) == pytest.approx(1.0)
@@ -144,6 +144,6 @@ def test_schedule_warmup_then_cosine_to_min():
 
 
 def test_weight_decay_skips_norm_scales():
-    from openmoe2_jax.train import optimizer
+    from openmoe2_jax.runtime import optimizer
     mask = optimizer.decay_mask({"w": jnp.ones((2, 2)), "norm": {"scale": jnp.ones(2)}})
     assert mask == {"w": True, "norm": {"scale": False}}

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from openmoe2_jax.data import bpe, pipeline
-from openmoe2_jax.eval import restore
+from openmoe2_jax.runtime import restore
 from openmoe2_jax.train import loop
 
 

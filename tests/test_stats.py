@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from openmoe2_jax.experiments import registry, stats
+from openmoe2_jax.experiments import claims, registry, stats
 from openmoe2_jax.experiments.stats import AGREES, DISAGREES, NO_DIFFERENCE
 
 
@@ -92,7 +92,7 @@ LOW, HIGH, NEAR = [6.00, 6.01, 5.99], [6.10, 6.11, 6.09], [6.005, 6.015, 5.995]
 
 
 def test_section_with_a_claimed_difference_gives_each_outcome():
-    direction = registry.section(4).direction  # published: ec below ec_lbl
+    direction = claims.CLAIMS[4].check  # published: ec below ec_lbl
     assert direction(_results(ec=LOW, ec_lbl=HIGH))[0] == AGREES
     assert direction(_results(ec=HIGH, ec_lbl=LOW))[0] == DISAGREES
     outcome, reason = direction(_results(ec=LOW, ec_lbl=NEAR))
@@ -104,11 +104,11 @@ def test_section_with_a_claimed_difference_gives_each_outcome():
 
 
 def test_section_claiming_no_difference_agrees_when_none_is_measured():
-    direction = registry.section(11).direction  # published: same
+    direction = claims.CLAIMS[11].check  # published: same
     assert direction(_results(ec=LOW, ec_sigmoid=NEAR))[0] == AGREES
     assert direction(_results(ec=LOW, ec_sigmoid=HIGH))[0] == DISAGREES
     assert direction(_results(ec=[6.0], ec_sigmoid=[6.0]))[0] == NO_DIFFERENCE  # n = 1 decides nothing
-    direction = registry.section(8).direction  # published: no gain
+    direction = claims.CLAIMS[8].check  # published: no gain
     assert direction(_results(ec=LOW, ec_skiplayer=HIGH))[0] == AGREES
     assert direction(_results(ec=HIGH, ec_skiplayer=LOW))[0] == DISAGREES
 
@@ -117,12 +117,12 @@ def test_section3_same_quality_and_faster_ec():
     r = _results(tc=NEAR, ec=LOW)
     r["tc"]["tokens_per_second"] = [1000.0, 1010.0, 990.0]
     r["ec"]["tokens_per_second"] = [1200.0, 1210.0, 1190.0]
-    outcome, reason = registry.section(3).direction(r)
+    outcome, reason = claims.CLAIMS[3].check(r)
     assert outcome == AGREES and "EC/TC 1.20" in reason
     r["ec"]["tokens_per_second"] = [1001.0, 1011.0, 991.0]
-    assert registry.section(3).direction(r)[0] == NO_DIFFERENCE  # same quality, speed not measurable
+    assert claims.CLAIMS[3].check(r)[0] == NO_DIFFERENCE  # same quality, speed not measurable
     r["tc"]["validation_loss"] = HIGH
-    assert registry.section(3).direction(r)[0] == DISAGREES       # quality differs
+    assert claims.CLAIMS[3].check(r)[0] == DISAGREES       # quality differs
 
 
 # With every variant equal (3 seeds with noise), a claimed difference is not measured, while claims of
@@ -137,12 +137,12 @@ def test_every_section_direction_on_equal_variants(number):
     module = registry.section(number)
     r = {v: dict(validation_loss=LOW, first_validation_loss=HIGH, tokens_per_second=[1000.0, 1010.0, 990.0])
          for v in module.VARIANTS}
-    outcome, reason = module.direction(r)
+    outcome, reason = claims.CLAIMS[number].check(r)
     assert outcome == EQUAL_EXPECTED[number] and reason
     # An old results.json with one number per variant reads as n = 1: nothing is decided.
     old = {v: dict(validation_loss=6.0, first_validation_loss=7.0, tokens_per_second=1000.0)
            for v in module.VARIANTS}
-    assert module.direction(old)[0] == NO_DIFFERENCE
+    assert claims.CLAIMS[number].check(old)[0] == NO_DIFFERENCE
 
 
 def test_rule_sentence_states_the_threshold_and_the_seeds():

@@ -1,7 +1,7 @@
 """Config transformations shared by the ablations: expert granularity, FLOPs-/parameter-matched dense."""
 from __future__ import annotations
 
-from openmoe2_jax.validation import ConfigError
+from openmoe2_jax.errors import ConfigError
 
 
 def with_granularity(config, num_experts: int):

@@ -18,8 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from openmoe2_jax.data import pipeline, sources
-from openmoe2_jax.eval import benchmarks
+from openmoe2_jax.data import benchmarks, pipeline, sources
 from openmoe2_jax.data.tokenizer import get_tokenizer
 
 

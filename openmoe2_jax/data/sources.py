@@ -15,9 +15,7 @@ import json
 import os
 from typing import Iterator, Sequence
 
-
-class CorpusError(ValueError):
-    """A corpus file is missing, unreadable, malformed or empty."""
+from openmoe2_jax.errors import CorpusError
 
 
 def bible_path() -> str:

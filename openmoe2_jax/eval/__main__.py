@@ -18,10 +18,10 @@ import numpy as np
 from absl import app, flags
 from tensorboardX import SummaryWriter
 
-from openmoe2_jax import cli
-from openmoe2_jax.data import pipeline, sources
-from openmoe2_jax.eval import benchmarks, likelihood, restore
-from openmoe2_jax.train import step as step_lib
+from openmoe2_jax import cli, objectives
+from openmoe2_jax.data import benchmarks, pipeline, sources
+from openmoe2_jax.objectives import likelihood
+from openmoe2_jax.runtime import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", required=True)
 _TASK = flags.DEFINE_enum("task", "text", ["text", "hellaswag", "mmlu"], "What to evaluate.")
@@ -51,7 +51,7 @@ def _text_rows(trained, data: str, seq_len: int) -> np.ndarray:
 
 
 def evaluate_text(trained, data, seq_len, batch_rows, mc_samples, seed, limit) -> dict:
-    objective = step_lib.frozen_objective(trained.config.objective, evaluation=True)
+    objective = objectives.frozen_objective(trained.config.objective, evaluation=True)
     fn = jax.jit(likelihood.make_validation_fn(trained.model, objective, trained.tokenizer.mask_id,
                                                seed, mc_samples))
     rows = _text_rows(trained, data, seq_len)

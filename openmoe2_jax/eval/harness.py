@@ -23,8 +23,8 @@ Model arguments (`--model_args a=1,b=2`):
                              canvas (default: one token per step), block length (default: the canvas)
 
 What each request type computes.
-  loglikelihood (context, continuation): the project's own multiple-choice scorer (eval/benchmarks.py
-    score with eval/likelihood.py make_conditional_fn), request by request. Rows are built as it
+  loglikelihood (context, continuation): the project's own multiple-choice scorer (data/benchmarks.py
+    score with objectives/likelihood.py make_conditional_fn), request by request. Rows are built as it
     builds them: context and continuation encoded separately, the context left-truncated to fit
     max_length; an empty context is the EOT id (documents follow EOT in training). AR: exact
     log p(continuation | context); is_greedy = every continuation token is the argmax over the real ids.
@@ -48,7 +48,7 @@ What each request type computes.
     (with a warning).
 
 Routing groups. Batch-level expert choice (and token choice with a capacity) routes groups of N tokens
-of the flattened batch, and N is part of the model's function (train/checkpoint.py routing_record):
+of the flattened batch, and N is part of the model's function (runtime/checkpoint.py routing_record):
 every forward pass here routes groups of the N tokens the run trained with (from the checkpoint's
 record, or the export's config.json). A pass holds `rows` rows of max_length tokens, rows = batch_size
 rounded up to a multiple of N / gcd(N, max_length), so the pass splits into whole groups. Requests are
@@ -71,11 +71,13 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from openmoe2_jax.data import bpe
+from openmoe2_jax.data import benchmarks, bpe
 from openmoe2_jax.data.tokenizer import Tokenizer
-from openmoe2_jax.eval import benchmarks, generate, likelihood, restore
+from openmoe2_jax.eval import generate
 from openmoe2_jax.export import layout, reader, writer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.objectives import likelihood
+from openmoe2_jax.runtime import restore
 
 NAME = "openmoe2_jax"
 DEFAULT_BATCH_SIZE = 8
@@ -103,7 +105,7 @@ class Loaded:
 
 
 def load_workdir(workdir: str, step: int | None = None, tokens_per_group: int = 0) -> Loaded:
-    """The latest (or given) checkpoint of a training workdir: params only (eval/restore.py)."""
+    """The latest (or given) checkpoint of a training workdir: params only (runtime/restore.py)."""
     trained = restore.load_params(workdir, step)
     config = trained.config
     group = writer.trained_group_size(trained, workdir, tokens_per_group, "tokens_per_group")

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from openmoe2_jax import cli, errors, flops
 from openmoe2_jax.configs import scales
-from openmoe2_jax.experiments import registry, runs, stats, summary
+from openmoe2_jax.experiments import claims, registry, runs, stats, summary
 from openmoe2_jax.train import loop
 
 _SECTION = flags.DEFINE_string("section", None, "Ablation section: N (1-11), a list N,M,... or 'all' "
@@ -142,10 +142,11 @@ def aggregate(variant_runs: list[Run], collected: list[dict]) -> dict:
 
 def write_table(section, scale: str, results: dict, out_dir: str) -> str:
     compared = getattr(section, "COMPARED", tuple(results))
-    outcome, reason = section.direction(results)
+    claim = claims.CLAIMS[section.SECTION]
+    outcome, reason = claim.check(results)
     n = min(len(results[v]["seeds"]) for v in compared)
     lines = [f"# Section {section.SECTION}: {section.TITLE} ({scale} scale, {n} seed{'s' * (n > 1)})", "",
-             section.QUESTION, "",
+             claim.question, "",
              "| variant | run | objective | params total | active | FLOPs/token | steps | validation loss "
              "(nats/token), mean ± std (N) | tokens/s, mean ± std (N) | final train loss, mean |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -162,7 +163,7 @@ def write_table(section, scale: str, results: dict, out_dir: str) -> str:
     wall = sum(sum(results[v]["wall_seconds"]) for v in results)
     lines += ["", f"Training wall time of this section's runs: {wall / 60:.1f} min in all "
               "(a run shared with another section counted in each; a resumed run: its last process)."]
-    lines += ["", f"**Published:** {section.PUBLISHED}", "",
+    lines += ["", f"**Published:** {claim.published}", "",
               f"**Ours:** {outcome} — {reason}.", "", f"**Rule:** {stats.rule(n)}", ""]
     text = "\n".join(lines)
     with open(os.path.join(out_dir, "table.md"), "w") as f:

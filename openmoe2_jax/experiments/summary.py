@@ -7,8 +7,7 @@ import os
 
 from absl import app, flags
 
-from openmoe2_jax.configs import ablations
-from openmoe2_jax.experiments import registry, stats
+from openmoe2_jax.experiments import claims, registry, stats
 
 
 def summarize(root: str, scale: str) -> str:
@@ -20,20 +19,21 @@ def summarize(root: str, scale: str) -> str:
              "|---|---|---|---|"]
     rules = set()
     for number, module in sorted(registry.SECTION_MODULES.items()):
+        claim = claims.CLAIMS[number]
         path = os.path.join(root, scale, f"sec{number:02d}", "results.json")
         if not os.path.exists(path):
-            lines.append(f"| {number}. {module.TITLE} | not run | {module.PUBLISHED} | — |")
+            lines.append(f"| {number}. {module.TITLE} | not run | {claim.published} | — |")
             continue
         with open(path) as f:
             data = json.load(f)
         results = data["results"]
         shown = getattr(module, "COMPARED", tuple(results))
         cells = "<br>".join(
-            f"{v}: {stats.format_summary(stats.summary(ablations.values(results, v)))} "
-            f"({stats.summary(ablations.values(results, v, 'tokens_per_second')).mean:,.0f})" for v in shown)
-        outcome, why = module.direction(results)
-        rules.add(stats.rule(min(len(ablations.values(results, v)) for v in shown)))
-        lines.append(f"| {number}. {module.TITLE} | {cells} | {module.PUBLISHED} | **{outcome}** ({why}) |")
+            f"{v}: {stats.format_summary(stats.summary(claims.values(results, v)))} "
+            f"({stats.summary(claims.values(results, v, 'tokens_per_second')).mean:,.0f})" for v in shown)
+        outcome, why = claim.check(results)
+        rules.add(stats.rule(min(len(claims.values(results, v)) for v in shown)))
+        lines.append(f"| {number}. {module.TITLE} | {cells} | {claim.published} | **{outcome}** ({why}) |")
     for r in sorted(rules):
         lines += ["", f"Rule: {r}"]
     return "\n".join(lines) + "\n"

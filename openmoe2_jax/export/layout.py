@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from openmoe2_jax.errors import ExportError
 from openmoe2_jax.models.moe import MoEConfig
 from openmoe2_jax.models.transformer import ModelConfig
 
@@ -27,11 +28,6 @@ FORMAT_VERSION = 1
 _RENAMES = (("moe.w_", "moe.experts.w_"), ("moe.shared_w_", "moe.shared_experts.w_"))
 _LAYER = re.compile(r"layer_(\d+)/")
 _EXPORTED_LAYER = re.compile(r"layers\.(\d+)\.")
-
-
-class ExportError(ValueError):
-    """An export directory is unusable: missing or malformed files, or tensors config.json does not
-    describe."""
 
 
 def export_name(path: str) -> str:
@@ -141,7 +137,7 @@ def export_config(model_cfg: ModelConfig, objective: str, tokenizer: dict, dtype
 
     objective: diffusion | ar. tokenizer: {name, sha256, num_ids, eot_id, mask_id, files}. dtype: of the
     stored tensors. tokens_per_group: N, the tokens of one routing group the run trained with
-    (batch-level EC and capacity TC; see train/checkpoint.py routing_record). source: provenance.
+    (batch-level EC and capacity TC; see runtime/checkpoint.py routing_record). source: provenance.
     """
     m = model_cfg
     if (objective == "ar") != m.causal:

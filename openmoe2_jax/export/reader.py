@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 
-from openmoe2_jax.eval import restore
 from openmoe2_jax.export import files, layout, writer
 from openmoe2_jax.export.layout import ExportError
 from openmoe2_jax.models.transformer import ModelConfig
+from openmoe2_jax.runtime import restore
 
 
 def read_config(directory: str) -> dict:

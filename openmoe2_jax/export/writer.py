@@ -9,10 +9,10 @@ import time
 
 from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, bpe_num_ranks
-from openmoe2_jax.eval import restore
 from openmoe2_jax.export import files, layout
 from openmoe2_jax.export.layout import ExportError
 from openmoe2_jax.models.transformer import ModelConfig
+from openmoe2_jax.runtime import restore
 
 CONFIG = "config.json"
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # Hugging Face's default shard size (5 GB)
@@ -93,7 +93,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str =
     """Exports `workdir`'s latest (or given) checkpoint to `out`; returns config.json's content plus
     `files` (the tensor files and index), `bytes` (of the whole export) and `seconds`.
 
-    tokens_per_group: 0 = the routing groups the checkpoint records (train/checkpoint.py
+    tokens_per_group: 0 = the routing groups the checkpoint records (runtime/checkpoint.py
     routing_record); give it only for a checkpoint written before routing was recorded.
     """
     t0 = time.time()

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.models import layers, routing
 from openmoe2_jax.models.moe import MoEConfig, MoEFFN
 
@@ -60,7 +61,6 @@ class ModelConfig:
         padded = -(-min_vocab // m.vocab_multiple) * m.vocab_multiple
         vocab = m.vocab_size or padded
         if vocab < min_vocab:
-            from openmoe2_jax.validation import ConfigError  # pylint: disable=import-outside-toplevel
             raise ConfigError(f"config.model.vocab_size = {vocab} is smaller than the tokenizer's "
                               f"{tokenizer_num_ids} ids + 1 mask id; use 0 to derive it.")
         return cls(vocab_size=vocab, num_layers=m.num_layers, d_model=m.d_model,
@@ -145,3 +145,27 @@ class Transformer(nn.Module):
         logits = (x.reshape(-1, c.d_model) @ head.astype(dt)).reshape(*x.shape[:2], c.vocab_size)
         logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def apply_fn(model: nn.Module):
+    """(params, tokens, valid) -> (logits, aux).
+
+    The one place that reads what models/moe.py sows: aux["aux_loss"] is the sum of the MoE layers'
+    weighted auxiliary losses (z-loss, load balance), the term every objective adds to its loss;
+    aux["moe/<layer>/<stat>"] and aux["moe/<stat>"] (mean over MoE layers) are routing statistics.
+    """
+    def apply(params, tokens, valid):
+        logits, sown = model.apply({"params": params}, tokens, valid,
+                                   mutable=["moe_stats", "moe_losses"])
+        aux = {}
+        losses = jax.tree.leaves(sown.get("moe_losses", {}))
+        if losses:
+            aux["aux_loss"] = sum(losses)
+        per_stat = {}
+        for layer, stats in sown.get("moe_stats", {}).items():
+            for name, (value,) in stats["moe"].items():
+                aux[f"moe/{layer}/{name}"] = value
+                per_stat.setdefault(name, []).append(value)
+        aux.update({f"moe/{name}": jnp.mean(jnp.stack(v)) for name, v in per_stat.items()})
+        return logits, aux
+    return apply

@@ -16,13 +16,14 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
-from openmoe2_jax import flops, validation
+from openmoe2_jax import flops, objectives, validation
 from openmoe2_jax.data import baselines, bpe, pipeline
 from openmoe2_jax.data.tokenizer import bpe_num_ranks
-from openmoe2_jax.eval import likelihood
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import checkpoint, optimizer, preemption, state as state_lib, step as step_lib, upcycle
+from openmoe2_jax.runtime import checkpoint, optimizer, state as state_lib
+from openmoe2_jax.train import preemption, step as step_lib, upcycle
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ def jit_train_step(config, model, tx, mesh, state_shardings, mask_id: int):
     return jax.jit(
         functools.partial(step_lib.train_step, model=model, tx=tx,
                           schedule=optimizer.schedule(config.train),
-                          objective_cfg=step_lib.frozen_objective(config.objective), mask_id=mask_id),
+                          objective_cfg=objectives.frozen_objective(config.objective), mask_id=mask_id),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0)
@@ -70,11 +71,11 @@ def jit_train_step(config, model, tx, mesh, state_shardings, mask_id: int):
 
 def compile_steps(config, model, tx, mesh, state_shardings, mask_id: int):
     """The jitted train step (jit_train_step) and validation step (params, batch, batch_index) ->
-    per-row nats (eval/likelihood.py), with their shardings on `mesh`."""
+    per-row nats (objectives/likelihood.py), with their shardings on `mesh`."""
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jit_train_step(config, model, tx, mesh, state_shardings, mask_id)
     eval_step = jax.jit(
-        likelihood.make_validation_fn(model, step_lib.frozen_objective(config.objective, evaluation=True),
+        likelihood.make_validation_fn(model, objectives.frozen_objective(config.objective, evaluation=True),
                                       mask_id, config.eval.seed, config.eval.mc_samples),
         in_shardings=(state_shardings.params, batch_sharding, None),
         out_shardings=sharding.replicated(mesh))

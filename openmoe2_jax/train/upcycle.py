@@ -20,7 +20,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-from openmoe2_jax.train.checkpoint import CheckpointError, Checkpoints
+from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
 def load_dense_params(workdir: str) -> dict:

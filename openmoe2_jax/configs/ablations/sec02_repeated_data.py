@@ -10,17 +10,14 @@ turns up) and where diffusion overtakes AR.
 
 The AR MoE is token choice (expert choice would leak the future in a causal model); so is the
 diffusion MoE, as in the study. AR NLL and the diffusion ELBO (the unbiased estimator of
-eval/likelihood.py: l of L tokens masked, l stratified over 1..L, weight L/l) are both upper bounds on
+objectives/likelihood.py: l of L tokens masked, l stratified over 1..L, weight L/l) are both upper bounds on
 the same tokens' nats, so they compare.
 """
 from openmoe2_jax import flops
-from openmoe2_jax.configs.ablations import build, lower
-from openmoe2_jax.experiments.stats import combine
+from openmoe2_jax.configs.ablations import build
 
 SECTION = 2
 TITLE = "diffusion vs AR on repeated data"
-QUESTION = "On data repeated for many epochs, which of {AR, diffusion} x {dense 1B, dense 8B, MoE} wins?"
-PUBLISHED = "DLM MoE beats FLOPs-matched dense DLM and every AR model; AR MoE is the worst of the AR models"
 
 EPOCHS = {"": 96, "_u6": 16}  # variant suffix -> epochs over the unique tokens
 EVALS = 16                     # validation points per run
@@ -50,14 +47,6 @@ def _variant(objective, model, suffix):
 VARIANTS = {f"{o}_{m}{s}": _variant(o, m, s)
             for s in EPOCHS for o in ("ar", "dlm") for m in ("dense_1b", "dense_8b", "moe_8b1a")}
 COMPARED = tuple(v for v in VARIANTS if not v.endswith("_u6"))
-
-
-def direction(r):
-    """dlm_moe_8b1a below dlm_dense_1b and every AR model; ar_moe_8b1a the worst AR model (at the
-    paper's 96 epochs)."""
-    ar = [f"ar_{m}" for m in ("dense_1b", "dense_8b", "moe_8b1a")]
-    return combine([lower(r, "dlm_moe_8b1a", v) for v in ["dlm_dense_1b", *ar]] +
-                   [lower(r, v, "ar_moe_8b1a") for v in ar[:2]])
 
 
 def get_config(arg=None):

@@ -1,12 +1,9 @@
 """Section 5: shared experts on / off. `ec_noshared` removes the 2 shared experts (as the study does),
 so its active parameters are lower by the shared width."""
-from openmoe2_jax.configs.ablations import build, ec, lower
-from openmoe2_jax.experiments.stats import combine
+from openmoe2_jax.configs.ablations import build, ec
 
 SECTION = 5
 TITLE = "shared experts"
-QUESTION = "Do the 2 always-on shared experts help?"
-PUBLISHED = "shared experts help"
 
 
 def ec_noshared(c):
@@ -15,10 +12,6 @@ def ec_noshared(c):
 
 
 VARIANTS = {"ec": ec, "ec_noshared": ec_noshared}
-
-
-def direction(r):
-    return combine([lower(r, "ec", "ec_noshared")])
 
 
 def get_config(arg=None):

@@ -1,23 +1,15 @@
 """Section 6: expert granularity at constant total and active parameters (E / 4, E, 4 E routed
 experts: paper 16 / 64 / 256; cpu 4 / 16 / 64), via configs.derive.with_granularity."""
 from openmoe2_jax.configs import derive
-from openmoe2_jax.configs.ablations import build, ec, lower
-from openmoe2_jax.experiments.stats import combine
+from openmoe2_jax.configs.ablations import build, ec
 
 SECTION = 6
 TITLE = "expert granularity"
-QUESTION = "At constant total and active parameters, how many (finer) experts is best?"
-PUBLISHED = "rises then falls (64 experts best of 16 / 64 / 256)"
 VARIANTS = {
     "ec_16e": lambda c: derive.with_granularity(c, c.moe.num_experts // 4),
     "ec": ec,
     "ec_256e": lambda c: derive.with_granularity(c, c.moe.num_experts * 4),
 }
-
-
-def direction(r):
-    """The middle granularity (ec) below both others."""
-    return combine([lower(r, "ec", "ec_16e"), lower(r, "ec", "ec_256e")])
 
 
 def get_config(arg=None):

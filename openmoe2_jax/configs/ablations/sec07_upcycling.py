@@ -6,13 +6,10 @@ starts from its checkpoint (slicing its FFN into the fine-grained experts: the d
 the reproduce command with the dense_source workdir (DEPENDS).
 """
 from openmoe2_jax import flops
-from openmoe2_jax.configs.ablations import build, ec, lower
-from openmoe2_jax.experiments.stats import combine
+from openmoe2_jax.configs.ablations import build, ec
 
 SECTION = 7
 TITLE = "upcycling"
-QUESTION = "Does starting the MoE from a trained dense model beat training it from scratch?"
-PUBLISHED = "upcycled starts higher, is overtaken mid-training"
 
 
 def dense_source(c):
@@ -30,13 +27,6 @@ def ec_upcycle(c):
 VARIANTS = {"dense_source": dense_source, "ec": ec, "ec_upcycle": ec_upcycle}
 DEPENDS = {"ec_upcycle": "dense_source"}
 COMPARED = ("ec", "ec_upcycle")
-
-
-def direction(r):
-    """Upcycled lower at the first evaluation, from scratch lower at the end."""
-    return combine([lower(r, "ec_upcycle", "ec", "first_validation_loss",
-                          claim="ec_upcycle below ec at the first evaluation"),
-                    lower(r, "ec", "ec_upcycle", claim="ec below ec_upcycle at the end")])
 
 
 def get_config(arg=None):

@@ -1,11 +1,8 @@
 """Section 10: batch-level vs sequence-level expert choice."""
-from openmoe2_jax.configs.ablations import build, ec, lower
-from openmoe2_jax.experiments.stats import combine
+from openmoe2_jax.configs.ablations import build, ec
 
 SECTION = 10
 TITLE = "batch- vs sequence-level EC"
-QUESTION = "Should experts choose among all tokens of the batch or within each sequence?"
-PUBLISHED = "batch-level better"
 
 
 def ec_seq(c):
@@ -14,10 +11,6 @@ def ec_seq(c):
 
 
 VARIANTS = {"ec": ec, "ec_seq": ec_seq}
-
-
-def direction(r):
-    return combine([lower(r, "ec", "ec_seq")])
 
 
 def get_config(arg=None):

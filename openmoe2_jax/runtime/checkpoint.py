@@ -17,14 +17,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from openmoe2_jax.data.tokenizer import check_vocabulary
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is unusable or holds a different model."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """One checkpoint cannot be read (truncated, partially written, damaged)."""
+from openmoe2_jax.errors import CheckpointError, CorruptCheckpointError
 
 
 def _handlers():

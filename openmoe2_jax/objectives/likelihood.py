@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from openmoe2_jax.objectives import common, diffusion
-from openmoe2_jax.train import step as step_lib
+from openmoe2_jax.models import transformer
+from openmoe2_jax.objectives import common
 
 
 def token_bytes(tokenizer) -> np.ndarray:
@@ -58,7 +58,7 @@ def make_validation_fn(model, objective_cfg, mask_id: int, seed: int, mc_samples
     For diffusion, `nats` of a row = the unbiased ELBO estimate of the module docstring (mc_samples
     masks of stratified size); for AR, the exact sum of next-token CE over the row.
     """
-    apply = step_lib.apply_fn(model)
+    apply = transformer.apply_fn(model)
 
     def fn(params, batch, batch_index):
         b, s = batch.shape
@@ -128,7 +128,7 @@ def make_conditional_fn(model, causal: bool, mask_id: int, mc_samples: int, prox
     with_greedy: return (loglik [R], greedy [R] bool) instead; greedy is causal_scores' for AR and
     False for diffusion (whether the sampler would produce the continuation is not computed).
     """
-    apply = step_lib.apply_fn(model)
+    apply = transformer.apply_fn(model)
 
     def fn(params, tokens, cont, valid, keys):
         if causal:

@@ -22,8 +22,8 @@ from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.train import optimizer, state as state_lib
-from openmoe2_jax.train.checkpoint import CheckpointError, Checkpoints
+from openmoe2_jax.runtime import optimizer, state as state_lib
+from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
 @dataclasses.dataclass
