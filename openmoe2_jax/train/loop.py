@@ -88,7 +88,7 @@ def train(config, workdir: str, stop_at_step: int | None = None, log=print) -> S
     stop_at_step: stop (with a checkpoint) after this step, as a preempted run would. SIGTERM during
     training does the same at the next step boundary (train/preemption.py).
     """
-    with preemption.PreemptionWatch() as watch:
+    with preemption.PreemptionWatch(vote_every=config.log_every_steps) as watch:
         return _train(config, workdir, stop_at_step, log, watch)
 
 
@@ -176,43 +176,73 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
         last = config.train.steps if stop_at_step is None else min(stop_at_step, config.train.steps)
         losses, window, val_loss, preempted = {}, [], float("nan"), False
         t_window, tokens_per_step = time.time(), batch * seq_len
-        t_loop, steps_timed = time.time(), 0
+        t_loop = time.time()
+        # The host reads the device's numbers only at log, eval, checkpoint and final steps: a log
+        # step's numbers are read after the next step is dispatched, so the device never waits for
+        # the host. Until then each step's loss stays a device scalar in `pending`.
+        pending, log_due = [], None
+
+        def read_losses():
+            """Fetches the pending losses (waits for their steps); a non-finite one is an error."""
+            values = jax.device_get([loss for _, loss in pending])
+            for (s, _), v in zip(pending, values):
+                losses[s] = v = float(v)
+                window.append(v)
+                if not np.isfinite(v):
+                    raise FloatingPointError(f"loss is {v} at step {s}; last checkpoint kept.")
+            pending.clear()
+
+        def log_step(step, metrics):
+            nonlocal window, t_window
+            elapsed = time.time() - t_window
+            n = len(window)
+            tps = n * tokens_per_step / elapsed
+            metrics = jax.device_get(metrics)
+            if writer:
+                for k, v in metrics.items():
+                    writer.add_scalar(f"train/{k}", float(v), step)
+                writer.add_scalar("train/loss_window_mean", float(np.mean(window)), step)
+                writer.add_scalar("perf/tokens_per_second", tps, step)
+                writer.add_scalar("perf/step_seconds", elapsed / n, step)
+                writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
+                writer.flush()  # a killed run keeps what it logged
+            eta = (last - step) * elapsed / n
+            log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
+                f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
+                f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
+            window, t_window = [], time.time()
+
         try:
             for step in range(first + 1, last + 1):
                 state, metrics = train_step(state, to_global(next(train_iter)))
-                loss = float(metrics["loss"])  # synchronises: the step is done
-                losses[step] = loss
-                window.append(loss)
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss} at step {step}; last checkpoint kept.")
+                pending.append((step, metrics["loss"]))
+                if log_due is not None:  # the previous step's log, now that this step is queued
+                    pending_now = pending.pop()
+                    read_losses()
+                    log_step(*log_due)
+                    pending.append(pending_now)
+                    log_due = None
+                evaluating = (config.eval.every_steps and step % config.eval.every_steps == 0
+                              and step != last)
+                stopping = watch.should_stop(step) and step != last
+                saving = step % config.checkpoint.every_steps == 0 or step == last or stopping
                 if step % config.log_every_steps == 0 or step == last:
-                    elapsed = time.time() - t_window
-                    n = len(window)
-                    tps = n * tokens_per_step / elapsed
-                    steps_timed += n
-                    if writer:
-                        for k, v in jax.device_get(metrics).items():
-                            writer.add_scalar(f"train/{k}", float(v), step)
-                        writer.add_scalar("train/loss_window_mean", float(np.mean(window)), step)
-                        writer.add_scalar("perf/tokens_per_second", tps, step)
-                        writer.add_scalar("perf/step_seconds", elapsed / n, step)
-                        writer.add_scalar("perf/model_flops_per_second", tps * flops_per_token, step)
-                        writer.flush()  # a killed run keeps what it logged
-                    eta = (last - step) * elapsed / n
-                    log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
-                        f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
-                        f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
-                    window, t_window = [], time.time()
-                if config.eval.every_steps and step % config.eval.every_steps == 0 and step != last:
+                    log_due = (step, metrics)
+                if evaluating or saving:  # these wait for the step anyway: read and log now
+                    read_losses()
+                    if log_due is not None:
+                        log_step(*log_due)
+                        log_due = None
+                if evaluating:
                     val_loss = evaluate(state.params)
                     if writer:
                         writer.add_scalar("eval/loss", val_loss, step)
                     log(f"step {step:>6} | validation loss {val_loss:.4f}")
                     t_window = time.time()
-                if watch.should_stop(step) and step != last:
+                if stopping:
                     log(f"step {step:>6} | stop requested (SIGTERM): saving a checkpoint and exiting")
                     preempted, last = True, step
-                if step % config.checkpoint.every_steps == 0 or step == last:
+                if saving:
                     ckpts.save(step, state, train_iter, tokenizer.record,
                                checkpoint.routing_record(model_cfg, batch, seq_len))
                 if preempted:
