@@ -3,8 +3,8 @@
   python -m openmoe2_jax.launch create --name=moe --zone=us-east5-a --accelerator=v5p-256 [--spot]
   python -m openmoe2_jax.launch setup  --name=moe --zone=us-east5-a          # copy + install, every worker
   python -m openmoe2_jax.launch run    --name=moe --zone=us-east5-a \
-      --config=openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper --workdir=gs://bucket/runs/sec03/ec \
-      --override=config.moe.topk_impl=auto
+      --experiment=sec03/ec --scale=paper --workdir=gs://bucket/runs/sec03/ec \
+      --override=config.moe.topk_impl=auto      # or --config=FILE[:arg] instead of --experiment
   python -m openmoe2_jax.launch logs   --name=moe --zone=us-east5-a [--follow]
   python -m openmoe2_jax.launch stop   --name=moe --zone=us-east5-a          # SIGTERM: checkpoint + exit
   python -m openmoe2_jax.launch delete --name=moe --zone=us-east5-a
@@ -62,10 +62,13 @@ def _ssh(name, zone, project, command: str, worker: str = "all") -> list[str]:
 def commands(action: str, name: str, zone: str, project: str = "", accelerator: str = "v5p-8",
              runtime: str = "v2-alpha-tpuv5", spot: bool = False, repo: str = ".",
              config: str = "openmoe2_jax/configs/base.py", workdir: str | None = None,
-             overrides=(), follow: bool = False, python: str = "3.12") -> list[list[str]]:
+             overrides=(), follow: bool = False, python: str = "3.12", experiment: str = "",
+             scale: str = "") -> list[list[str]]:
     """The command lines of `action` (pure: tested against the documented syntax).
 
     All are gcloud commands except `setup`'s first, the local `git archive` of the source tree.
+    run: `experiment` (an ID secNN/variant or a study run name) at `scale` (required with it: a pod
+    run's scale is stated, never assumed) replaces `config`; both are checked here, before any ssh.
     """
     if action not in ACTIONS:
         raise ValueError(f"action {action!r}: expected one of {ACTIONS}")
@@ -99,7 +102,18 @@ def commands(action: str, name: str, zone: str, project: str = "", accelerator: 
     if action == "run":
         if not workdir:
             raise ValueError("--workdir is required for run (a gs:// path on a pod)")
-        train = ["-m", "openmoe2_jax.train", f"--config={config}", f"--workdir={workdir}"]
+        if experiment:
+            from openmoe2_jax.configs import scales  # pylint: disable=import-outside-toplevel
+            from openmoe2_jax.experiments import registry  # pylint: disable=import-outside-toplevel
+            if scale not in scales.SCALES:
+                raise ValueError(f"--scale={scale!r}: with --experiment give one of {', '.join(scales.SCALES)}")
+            registry.resolve(experiment)  # ValueError naming the ID and what exists
+            what = [f"--experiment={experiment}", f"--scale={scale}"]
+        elif scale:
+            raise ValueError("--scale goes with --experiment (a config file sets its own scale: FILE:variant,scale)")
+        else:
+            what = [f"--config={config}"]
+        train = ["-m", "openmoe2_jax.train", *what, f"--workdir={workdir}"]
         train += [f"--{o}" if o.startswith("config.") else f"--config.{o}" for o in overrides]
         line = f"{VENV}/bin/python " + " ".join(shlex.quote(a) for a in train)  # ~ unquoted: the remote shell expands it
         return [_ssh(name, zone, project, f"cd {REMOTE_DIR} && nohup {line} > {LOG} 2>&1 &")]
@@ -118,7 +132,7 @@ def main(argv):
     try:
         lines = commands(argv[1], _NAME.value, _ZONE.value, _PROJECT.value, _ACCELERATOR.value,
                          _RUNTIME.value, _SPOT.value, _REPO.value, _CONFIG.value, _WORKDIR.value,
-                         _OVERRIDES.value, _FOLLOW.value, _PYTHON.value)
+                         _OVERRIDES.value, _FOLLOW.value, _PYTHON.value, _EXPERIMENT.value, _SCALE.value)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if argv[1] == "setup" and subprocess.run(["git", "-C", _REPO.value, "status", "--porcelain", "--untracked-files=no"],
@@ -143,6 +157,9 @@ if __name__ == "__main__":
     _REPO = flags.DEFINE_string("repo", ".", "setup: the git checkout whose committed HEAD is copied to the workers.")
     _PYTHON = flags.DEFINE_string("python", "3.12", "setup: the Python of the workers' virtualenv (3.11-3.13).")
     _CONFIG = flags.DEFINE_string("config", "openmoe2_jax/configs/base.py", "run: config file[:arg].")
+    _EXPERIMENT = flags.DEFINE_string("experiment", "", "run: an experiment ID (secNN/variant or a study run "
+                                      "name) instead of --config; needs --scale.")
+    _SCALE = flags.DEFINE_string("scale", "", "run: the scale of --experiment (paper, small, cpu, smoke).")
     _WORKDIR = flags.DEFINE_string("workdir", None, "run: workdir (gs:// for pods).")
     _OVERRIDES = flags.DEFINE_multi_string("override", [], "run: config.a.b=value overrides.")
     _FOLLOW = flags.DEFINE_bool("follow", False, "logs: keep streaming.")

@@ -76,6 +76,19 @@ def test_sec02_repeats_one_budget_96_and_another_16_times_at_every_scale(scale):
         assert main.data.max_train_tokens == 256_000 * 4096
 
 
+@pytest.mark.parametrize("command, expected", [
+    ("flops", "| this config | MoE 16x2560 k=6 +2 shared (ec) | 8,148,476,928 | 1,762,649,088 |"),
+    ("plan", "fits: yes"),
+])
+def test_flops_and_plan_take_an_experiment_id_at_a_scale(command, expected):
+    """sec06/ec_16e at the paper scale: 16 experts of 4x the width, same total and active parameters."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    out = subprocess.run([sys.executable, "-m", f"openmoe2_jax.{command}", "--experiment=sec06/ec_16e",
+                          "--scale=paper"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and expected in out.stdout, out.stderr[-2000:]
+
+
 def test_run_key_is_the_hash_of_the_sorted_config_json_without_seed():
     config = ml_collections.ConfigDict(dict(seed=5, b=(1, 2), a=0.5, moe=dict(upcycle_from="")))
     by_hand = hashlib.sha256(b'{"a":0.5,"b":[1,2],"moe":{"upcycle_from":""}}').hexdigest()[:16]

@@ -75,6 +75,19 @@ def test_run_starts_one_training_command_on_all_workers_with_overrides():
         launch.commands("run", "moe", "z")
 
 
+def test_run_takes_an_experiment_id_at_a_stated_scale():
+    (ssh,) = launch.commands("run", "moe", "z", experiment="moetopk_100b_1e_8b1b7a_difflm", scale="paper",
+                             workdir="gs://b/runs/tc", overrides=["train.steps=10"])
+    assert ("-m openmoe2_jax.train --experiment=moetopk_100b_1e_8b1b7a_difflm --scale=paper "
+            "--workdir=gs://b/runs/tc --config.train.steps=10") in ssh[-1]
+    with pytest.raises(ValueError, match="--scale"):  # the scale is never assumed on a pod
+        launch.commands("run", "moe", "z", experiment="sec03/tc", workdir="gs://b/x")
+    with pytest.raises(ValueError, match="section 3 has"):
+        launch.commands("run", "moe", "z", experiment="sec03/nope", scale="paper", workdir="gs://b/x")
+    with pytest.raises(ValueError, match="--scale goes with --experiment"):
+        launch.commands("run", "moe", "z", scale="paper", workdir="gs://b/x")
+
+
 def test_logs_stop_delete():
     (logs,) = launch.commands("logs", "moe", "z", follow=True)
     assert "--worker=0" in logs and logs[-1].endswith("tail -f -n 200 ~/openmoe2_jax_train.log")
