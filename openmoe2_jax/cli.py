@@ -10,10 +10,23 @@ from ml_collections import config_flags
 from openmoe2_jax import errors
 
 
+# Warnings that tell a user nothing: orbax announces every read-only checkpoint manager (eval, sample,
+# export and restore open the run's checkpoints read-only on purpose).
+_SILENCED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+
+def _not_silenced(record) -> bool:
+    return not any(s in record.getMessage() for s in _SILENCED)
+
+
 def quiet_logging() -> None:
-    """orbax and XLA log every save and backend probe at INFO; show warnings unless -v is given."""
+    """orbax and XLA log every save and backend probe at INFO; show warnings unless -v is given, and
+    never the warnings in _SILENCED."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    absl_logger = logging.get_absl_logger()
+    if _not_silenced not in absl_logger.filters:
+        absl_logger.addFilter(_not_silenced)
 
 
 @contextlib.contextmanager

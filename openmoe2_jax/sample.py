@@ -7,6 +7,7 @@ from absl import app, flags
 
 from openmoe2_jax import cli
 from openmoe2_jax.eval import generate
+from openmoe2_jax.progress import Progress
 from openmoe2_jax.runtime import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -28,15 +29,16 @@ def main(argv):
     tok = trained.tokenizer
     forward = generate.make_forward(trained.model, trained.params)
     prompt = tok.encode(_PROMPT.value)
+    progress = Progress("sample", 0, "forward passes")
     if trained.config.objective.kind == "ar":
         sample = generate.ar_generate(forward, prompt, _LENGTH.value, tok.eot_id, tok.num_ids,
-                                      _TEMPERATURE.value, _SEED.value, tok.decode)
+                                      _TEMPERATURE.value, _SEED.value, tok.decode, progress)
     else:
         with cli.user_errors(ValueError):
             sample = generate.diffusion_generate(
                 forward, prompt, _LENGTH.value, _STEPS.value or _LENGTH.value,
                 _BLOCK.value or _LENGTH.value, tok.mask_id, tok.num_ids, tok.eot_id, _TEMPERATURE.value,
-                _REMASKING.value, _SEED.value, tok.decode)
+                _REMASKING.value, _SEED.value, tok.decode, progress)
     print(_PROMPT.value + sample.text)
     print(f"[{len(sample.tokens)} tokens, {sample.forward_passes} forward passes, "
           f"{sample.tokens_per_second:.1f} tokens/s]")

@@ -257,10 +257,14 @@ def test_eval_and_sample_clis_on_a_trained_workdir(config, tmp_path):
     loop.train(config, workdir, log=lambda *a: None)
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
+    progress = []
+
     def run(module, *flags):
         out = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *flags],
                              capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
+        assert "read only" not in out.stderr and "read_only" not in out.stderr  # orbax's, silenced
+        progress.append(out.stderr)
         return out.stdout
 
     text = [json.loads(run("openmoe2_jax.eval", "--task=text", "--batch_rows=2", "--limit=2",
@@ -276,6 +280,10 @@ def test_eval_and_sample_clis_on_a_trained_workdir(config, tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "mmlu_5shot.json"))
     out = run("openmoe2_jax.sample", "--prompt=In the beginning", "--length=8", "--steps=4")
     assert out.startswith("In the beginning") and "4 forward passes" in out
+    # Each command's last progress line (stderr; stdout stays JSON): text, text, hellaswag, mmlu, sample.
+    assert "eval text (validation, 2 rows a batch): 2/2 batches" in progress[0]
+    assert "eval hellaswag (2 questions): 8/8 rows" in progress[2]   # 2 questions x 4 choices
+    assert "sample: 4/4 forward passes" in progress[4] and "done in" in progress[4]
     bad = subprocess.run([sys.executable, "-m", "openmoe2_jax.eval", f"--workdir={workdir}",
                           "--task=hellaswag"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "github.com/rowanz/hellaswag" in bad.stderr and "Traceback" not in bad.stderr

@@ -152,8 +152,8 @@ def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train
     seen = []
     text = reproduce.reproduce(3, "smoke", root, seeds=2, log=seen.append)
     assert len(fake_train) == 6 and {s for _, s in fake_train[4:]} == {0, 1}  # only tc trained
-    assert [m for m in seen if "skipped" in m] == [
-        f"sec03/ec seed {s}: finished in {w}, skipped" for s, w in enumerate(sorted(ec_dirs))]
+    assert [m for m in seen if "skipped" in m] == [  # tc's 2 runs first, then ec's: 4 in all
+        f"[{3 + s}/4] sec03/ec seed {s}: finished in {w}, skipped" for s, w in enumerate(sorted(ec_dirs))]
     r3 = json.loads((tmp_path / "smoke" / "sec03" / "results.json").read_text())
     r4 = json.loads((tmp_path / "smoke" / "sec04" / "results.json").read_text())
     assert r3["results"]["ec"]["run"] == r4["results"]["ec"]["run"]
@@ -287,9 +287,9 @@ def test_reproduce_smoke_sections_with_two_seeds_then_upcycling_reusing_the_base
     assert overview.count("| not run |") == 10
     seen = []
     reproduce.reproduce(7, "smoke", root, seeds=1, log=seen.append)
-    started = [m.split(":")[0] for m in seen if m.startswith("sec07/") and "training" in m]
-    assert started == ["sec07/dense_source seed 0", "sec07/ec_upcycle seed 0"]
-    assert f"sec07/ec seed 0: finished in {tmp_path / 'smoke' / ec['run'] / 'seed0'}, skipped" in seen
+    started = [m.split(":")[0] for m in seen if m.startswith("[") and "sec07/" in m and "training" in m]
+    assert started == ["[1/3] sec07/dense_source seed 0", "[3/3] sec07/ec_upcycle seed 0"]
+    assert f"[2/3] sec07/ec seed 0: finished in {tmp_path / 'smoke' / ec['run'] / 'seed0'}, skipped" in seen
     assert any("upcycled from" in m and "runs/" in m for m in seen)
     for number in (1, 2, 4, 5, 6, 8, 9, 10, 11) if full else ():
         text = reproduce.reproduce(number, "smoke", root, seeds=2, log=lambda *a: None)

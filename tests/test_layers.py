@@ -19,6 +19,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "openmoe2_jax"
 UNITS = {
     "package": [],  # openmoe2_jax/__init__.py alone (see unit_of)
     "errors": ["openmoe2_jax.errors"],
+    "progress": ["openmoe2_jax.progress"],
     "configs": ["openmoe2_jax.configs"],
     "kernels": ["openmoe2_jax.kernels"],
     "data": ["openmoe2_jax.data"],
@@ -45,7 +46,7 @@ UNITS = {
 
 # Lowest first. Units of one layer are siblings: neither imports the other.
 LAYERS = [
-    ["package", "errors"],
+    ["package", "errors", "progress"],
     ["configs", "kernels", "data"],
     ["models"],
     ["objectives", "validation", "flops"],

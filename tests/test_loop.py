@@ -1,9 +1,10 @@
 """When the trainer's host waits for the device: only at log, eval, checkpoint and final steps, a log
-step's numbers one step late; and the multi-process preemption check costs a collective only every
-`vote_every` steps."""
+step's numbers one step late; the multi-process preemption check costs a collective only every
+`vote_every` steps; and the progress lines that long loops print."""
 import numpy as np
 import pytest
 
+from openmoe2_jax.progress import Progress
 from openmoe2_jax.train import loop, preemption
 
 
@@ -60,3 +61,18 @@ def test_multiprocess_preemption_gathers_votes_only_every_vote_every_steps(monke
     watch.request()  # SIGTERM seen by this host's handler only: acted on at the next vote
     stops = [watch.should_stop(step) for step in range(11, 16)]
     assert stops == ([True] * 5 if vote_every == 1 else [False] * 4 + [True])
+
+
+def test_progress_lines_at_most_every_interval_and_always_the_last():
+    now, lines = [0.0], []
+    progress = Progress("eval text", 100, "batches", log=lines.append, every_seconds=10, clock=lambda: now[0])
+    for done in range(1, 101):
+        now[0] += 0.5  # 2 batches a second
+        progress(done)
+    # 50 s in all: a line every 10 s (at 20, 40, 60, 80 batches) and the last one.
+    assert [line.split(":")[1].split("|")[0].strip() for line in lines] == [
+        "20/100 batches", "40/100 batches", "60/100 batches", "80/100 batches", "100/100 batches"]
+    assert lines[0].endswith("| 2.00 batches/s | ETA 0m40s") and lines[-1].endswith("done in 0m50s")
+    late = Progress("rows", 0, "rows", log=lines.append, clock=lambda: now[0])
+    late(5, 5)  # the total told by the loop that knows it
+    assert lines[-1].startswith("rows: 5/5 rows")

@@ -132,16 +132,19 @@ def token_rows(pairs, seq_len: int, pad_id: int):
             np.asarray(valid, bool).reshape(-1, seq_len))
 
 
-def run_batches(fn, arrays, batch_rows: int):
+def run_batches(fn, arrays, batch_rows: int, progress=None):
     """fn(*batch) over consecutive batches of `batch_rows` rows of `arrays` (each [R, ...]); the last
     batch is padded by repeating its last row, so fn compiles once. Returns fn's outputs (an array or
-    a tuple of arrays, each [batch_rows, ...] per call) concatenated over the R real rows."""
+    a tuple of arrays, each [batch_rows, ...] per call) concatenated over the R real rows.
+    progress: called with the rows done after each batch (e.g. a progress.Progress)."""
     outs = []
     for start in range(0, len(arrays[0]), batch_rows):
         n = min(batch_rows, len(arrays[0]) - start)
         pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_rows - n, 0)]) if n < batch_rows else a
         out = fn(*(pad(np.asarray(a[start:start + n])) for a in arrays))
         outs.append(jax.tree.map(lambda o: np.asarray(o)[:n], out))
+        if progress:
+            progress(start + n)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
@@ -151,14 +154,17 @@ def question_keys(q_of, seed: int) -> np.ndarray:
     return np.asarray(jax.vmap(lambda q: jax.random.fold_in(base, q))(np.asarray(q_of, np.int32)))
 
 
-def score(questions, loglik_fn, tokenizer, seq_len: int, batch_rows: int, seed: int = 0) -> dict:
+def score(questions, loglik_fn, tokenizer, seq_len: int, batch_rows: int, seed: int = 0,
+          progress=None) -> dict:
     """acc / acc_norm of `questions`; loglik_fn(tokens, cont, valid, keys) -> [R] log-likelihoods.
+    progress(rows done, rows in all): called after each batch of rows (one row per choice).
 
     Rows are scored in fixed-size batches (the last one padded) so the function compiles once.
     Every choice of question q uses the key fold_in(PRNGKey(seed), q): the same masks.
     """
     tokens, cont, valid, q_of, c_of = build_rows(questions, tokenizer, seq_len, tokenizer.eot_id)
-    loglik = run_batches(loglik_fn, (tokens, cont, valid, question_keys(q_of, seed)), batch_rows)
+    loglik = run_batches(loglik_fn, (tokens, cont, valid, question_keys(q_of, seed)), batch_rows,
+                         progress and (lambda done: progress(done, len(tokens))))
     correct, correct_norm = 0, 0
     per_question = []
     for qi, q in enumerate(questions):

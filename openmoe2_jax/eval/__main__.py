@@ -21,6 +21,7 @@ from tensorboardX import SummaryWriter
 from openmoe2_jax import cli, objectives
 from openmoe2_jax.data import benchmarks, pipeline, sources
 from openmoe2_jax.objectives import likelihood
+from openmoe2_jax.progress import Progress
 from openmoe2_jax.runtime import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", required=True)
@@ -62,21 +63,24 @@ def evaluate_text(trained, data, seq_len, batch_rows, mc_samples, seed, limit) -
         raise sources.CorpusError(f"fewer than --batch_rows={batch_rows} rows of {seq_len} tokens to evaluate.")
     nats = tokens = num_bytes = 0
     ar = objective.kind == "ar"
+    progress = Progress(f"eval text ({data or 'validation'}, {batch_rows} rows a batch)", len(batches), "batches")
     for i, b in enumerate(batches):
         out = fn(trained.params, b, i)
         nats += float(out["nats"].sum())
         tokens += int(out["tokens"].sum())
         num_bytes += likelihood.row_bytes(trained.tokenizer, b, skip_first=ar)
+        progress(i + 1)
     kind = "nll" if ar else f"elbo_{mc_samples}_samples"
     return dict(nats_per_token=nats / tokens, bits_per_byte=likelihood.bits_per_byte(nats, num_bytes),
                 tokens=tokens, bytes=num_bytes, estimator=kind)
 
 
-def evaluate_choice(trained, questions, seq_len, batch_rows, mc_samples, proxy, seed) -> dict:
+def evaluate_choice(trained, questions, seq_len, batch_rows, mc_samples, proxy, seed, task="choice") -> dict:
     causal = trained.config.objective.kind == "ar"
     fn = jax.jit(lambda *a: likelihood.make_conditional_fn(
         trained.model, causal, trained.tokenizer.mask_id, mc_samples, proxy)(trained.params, *a))
-    result = benchmarks.score(questions, fn, trained.tokenizer, seq_len, batch_rows, seed)
+    progress = Progress(f"eval {task} ({len(questions):,} questions)", 0, "rows")
+    result = benchmarks.score(questions, fn, trained.tokenizer, seq_len, batch_rows, seed, progress)
     result["estimator"] = ("exact" if causal else
                            "proxy (one fully-masked pass)" if proxy else f"monte_carlo_{mc_samples}_samples")
     return result
@@ -100,7 +104,8 @@ def main(argv):
                 questions = benchmarks.read_mmlu(_DATA.value or config.eval.mmlu_dir, "val", _SHOTS.value)
             if _LIMIT.value:
                 questions = questions[:_LIMIT.value]
-            result = evaluate_choice(trained, questions, seq_len, _ROWS.value, mc, _PROXY.value, _SEED.value)
+            result = evaluate_choice(trained, questions, seq_len, _ROWS.value, mc, _PROXY.value, _SEED.value,
+                                     _TASK.value)
     result.update(task=_TASK.value, step=trained.step, seconds=time.time() - t0,
                   objective=config.objective.kind)
     name = _TASK.value + (f"_{_SHOTS.value}shot" if _TASK.value == "mmlu" else "")

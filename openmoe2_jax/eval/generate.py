@@ -52,8 +52,10 @@ def _draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> n
 
 def diffusion_generate(forward, prompt: list[int], length: int, steps: int, block_length: int,
                        mask_id: int, num_ids: int, eot_id: int, temperature: float = 0.0,
-                       remasking: str = "low_confidence", seed: int = 0, decode=None) -> Sample:
-    """forward: tokens [1, L] int -> logits [1, L, V] (jitted by the caller)."""
+                       remasking: str = "low_confidence", seed: int = 0, decode=None,
+                       progress=None) -> Sample:
+    """forward: tokens [1, L] int -> logits [1, L, V] (jitted by the caller).
+    progress(passes done, passes in all): called after each forward pass."""
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking = {remasking!r}: expected low_confidence or random")
     if length % block_length:
@@ -69,6 +71,8 @@ def diffusion_generate(forward, prompt: list[int], length: int, steps: int, bloc
         for n in _num_transfer(block_length, steps // num_blocks):
             logits = np.array(forward(jnp.asarray(canvas)), np.float32)[0]  # [L, V], writable
             passes += 1
+            if progress:
+                progress(passes, steps)
             logits[:, num_ids:] = -np.inf                                # never the mask id or padding
             masked = np.where(canvas[0, lo:hi] == mask_id)[0] + lo
             if n == 0 or len(masked) == 0:
@@ -86,8 +90,9 @@ def diffusion_generate(forward, prompt: list[int], length: int, steps: int, bloc
 
 
 def ar_generate(forward, prompt: list[int], length: int, eot_id: int, num_ids: int,
-                temperature: float = 0.0, seed: int = 0, decode=None) -> Sample:
-    """forward: tokens [1, L] int -> logits [1, L, V] of a causal model."""
+                temperature: float = 0.0, seed: int = 0, decode=None, progress=None) -> Sample:
+    """forward: tokens [1, L] int -> logits [1, L, V] of a causal model.
+    progress(passes done, at most `length` passes): called after each forward pass."""
     if not prompt:
         prompt = [eot_id]  # AR needs a first token to condition on: EOT separates documents
     rng = np.random.default_rng(seed)
@@ -96,6 +101,8 @@ def ar_generate(forward, prompt: list[int], length: int, eot_id: int, num_ids: i
     for pos in range(start, start + length):
         logits = np.array(forward(jnp.asarray(canvas)), np.float32)[0, pos - 1]  # later slots unseen
         passes += 1
+        if progress:
+            progress(passes, length)
         logits[num_ids:] = -np.inf
         canvas[0, pos] = _draw(logits[None], temperature, rng)[0]
         if canvas[0, pos] == eot_id:

@@ -276,17 +276,19 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
               seeds: int = 3, log=print) -> str:
     section = registry.section(number)
     planned = plan(section, scale, root, seeds, steps)
+    total, k = sum(len(rs) for rs in planned.values()), 0
     for variant, variant_runs in planned.items():
         runs.check_config(runs.key_dir(root, scale, variant_runs[0].key), variant_runs[0].config_json,
                           write=not collect_only)
         if collect_only:
             continue
         for run in variant_runs:
+            k += 1
             name = f"sec{number:02d}/{variant} seed {run.seed}"
             if runs.finished(run.workdir, run.config.train.steps):
-                log(f"{name}: finished in {run.workdir}, skipped")
+                log(f"[{k}/{total}] {name}: finished in {run.workdir}, skipped")
                 continue
-            log(f"{name}: training in {run.workdir}")
+            log(f"[{k}/{total}] {name}: training in {run.workdir}")
             done = loop.train(run.config, run.workdir, log=lambda msg, n=name: log(f"  [{n}] {msg}"))
             if done.preempted:  # SIGTERM: the run saved its checkpoint; stop the sweep, not just the run
                 raise Preempted(f"{name}: stopped by SIGTERM at step {done.steps} (checkpoint saved); the same "

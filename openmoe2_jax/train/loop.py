@@ -22,6 +22,7 @@ from openmoe2_jax.data.tokenizer import bpe_num_ranks
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.parallel import sharding
+from openmoe2_jax.progress import format_seconds
 from openmoe2_jax.runtime import checkpoint, optimizer, state as state_lib
 from openmoe2_jax.train import preemption, step as step_lib, upcycle
 
@@ -40,11 +41,6 @@ class Summary:
     final_validation_bits_per_byte: float = float("nan")
     compressor_bits_per_byte: dict = dataclasses.field(default_factory=dict)  # on the same validation text
     unique_train_tokens: int = 0  # the training split this run drew from (tokens_seen / this = epochs)
-
-
-def _format_seconds(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _write_config(config, workdir: epath.Path) -> None:
@@ -209,7 +205,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
             eta = (last - step) * elapsed / n
             log(f"step {step:>6}/{last} | loss {np.mean(window):.4f} | "
                 f"lr {float(metrics['learning_rate']):.2e} | {tps:,.0f} tok/s | "
-                f"{elapsed / n:.3f} s/step | ETA {_format_seconds(eta)}")
+                f"{elapsed / n:.3f} s/step | ETA {format_seconds(eta)}")
             window, t_window = [], time.time()
 
         try:
@@ -288,5 +284,5 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     against = "".join(f", {baselines.LABELS[k]} {v:.3f}" for k, v in compressed.items())
     log(f"done: {last} steps | final train loss {summary.final_train_loss:.4f} | validation loss "
         f"{val_loss:.4f} ({val_bpb:.3f} bits/byte{against}) | {summary.tokens_seen:,} tokens seen | "
-        f"{_format_seconds(summary.wall_seconds)} wall | {summary.tokens_per_second:,.0f} tok/s")
+        f"{format_seconds(summary.wall_seconds)} wall | {summary.tokens_per_second:,.0f} tok/s")
     return summary
