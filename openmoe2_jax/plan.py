@@ -119,6 +119,11 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     f = mesh["fsdp"]
     fsdp_s = (3 * 2 * per_chip * f * (f - 1) / f) / chip.ici_bandwidth if f > 1 else 0.0
     bound = max(compute_s, a2a_s, allreduce_s, fsdp_s)
+    # Evaluation (runtime/restore.py): the parameters alone, in their own dtype and sharding, plus one
+    # forward's largest transients: a layer's scores and the float32 logits of a training-size batch.
+    eval_params = per_chip * jnp.dtype(m.param_dtype).itemsize
+    vocab = flops.model_config(config).vocab_size
+    eval_act = transient + tokens_chip * vocab * 4 / mesh["tensor"]
     return dict(
         chip=chip.name, chips=chips, mesh=mesh, total_params=total, params_per_chip=per_chip,
         state_bytes_per_chip=state_bytes, activation_bytes_no_remat=act_none,
@@ -127,7 +132,8 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
         fits_full_remat=state_bytes + act_full <= chip.hbm_bytes,
         flops_per_step=flops_step, compute_seconds=compute_s, all_to_all_bytes_per_step=a2a_bytes_step,
         all_to_all_seconds=a2a_s, allreduce_seconds=allreduce_s, fsdp_allgather_seconds=fsdp_s,
-        step_seconds_lower_bound=bound,
+        step_seconds_lower_bound=bound, eval_param_bytes_per_chip=eval_params,
+        eval_activation_bytes_per_chip=eval_act,
         mfu_upper_bound=compute_s / bound if bound else 0.0,
     )
 
@@ -167,6 +173,9 @@ def report(p: dict) -> str:
         f"gradient all-reduce: {p['allreduce_seconds'] * 1e3:.1f} ms; FSDP all-gathers: "
         f"{p['fsdp_allgather_seconds'] * 1e3:.1f} ms",
         f"step time >= {p['step_seconds_lower_bound'] * 1e3:.1f} ms; MFU <= {p['mfu_upper_bound']:.0%}",
+        f"evaluation per chip (parameters only, sharded the same way): "
+        f"{p['eval_param_bytes_per_chip'] / g:.2f} GiB + {p['eval_activation_bytes_per_chip'] / g:.2f} GiB "
+        "for a forward of a training-size batch (logits included)",
     ])
 
 

@@ -7,6 +7,7 @@ from absl import app, flags
 
 from openmoe2_jax import cli
 from openmoe2_jax.eval import generate
+from openmoe2_jax.models.transformer import Transformer
 from openmoe2_jax.progress import Progress
 from openmoe2_jax.runtime import restore
 
@@ -27,7 +28,9 @@ def main(argv):
     with cli.user_errors():
         trained = restore.load(_WORKDIR.value, _STEP.value)
     tok = trained.tokenizer
-    forward = generate.make_forward(trained.model, trained.params)
+    # A sample is one row: each forward pass routes its tokens as one group (batch-level EC cannot
+    # group them as training did, which routed groups of many rows; evaluation can, see eval).
+    forward = generate.make_forward(Transformer(restore.with_groups(trained.model_cfg, 1)), trained.params)
     prompt = tok.encode(_PROMPT.value)
     progress = Progress("sample", 0, "forward passes")
     if trained.config.objective.kind == "ar":

@@ -287,3 +287,32 @@ def test_eval_and_sample_clis_on_a_trained_workdir(config, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "openmoe2_jax.eval", f"--workdir={workdir}",
                           "--task=hellaswag"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "github.com/rowanz/hellaswag" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_scores_the_same_in_the_trainer_and_in_eval_on_one_device_and_on_a_mesh(config, tmp_path):
+    """Batch-level EC trained on 8 devices routes 8 groups of one row per step; eval restores only the
+    parameters and routes the same groups, on one device and sharded over (data 2, fsdp 2, expert 2)."""
+    from openmoe2_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.runtime import restore  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.train import loop  # pylint: disable=import-outside-toplevel
+    config.data.tokenizer = "bpe:512"
+    config.train.steps = 2
+    config.eval.update(num_batches=2, mc_samples=2, seed=3)
+    workdir = str(tmp_path / "run")
+    summary = loop.train(config, workdir, log=lambda *a: None)
+    scores = {}
+    for name, mesh, devices in (("one device", None, None),
+                                ("2x2x2", dict(data=2, fsdp=2, expert=2, tensor=1), jax.devices())):
+        trained = restore.load(workdir, mesh_config=mesh, devices=devices)
+        assert trained.routing == dict(groups=8, tokens_per_group=32) and evaluate.default_rows(trained, 32) == 1
+        up = trained.params["layer_0"]["moe"]["w_up"]
+        assert len(up.sharding.device_set) == (1 if mesh is None else 8)
+        if mesh:  # a chip holds a quarter of the experts' weights (fsdp x expert), not all of them
+            assert up.addressable_shards[0].data.size * 4 == up.size
+        scores[name] = evaluate.evaluate_text(trained, "validation", 32, config.train.batch_size,
+                                              config.eval.mc_samples, config.eval.seed, config.eval.num_batches)
+    np.testing.assert_allclose(scores["one device"]["nats_per_token"], summary.final_validation_loss, rtol=2e-6)
+    np.testing.assert_allclose(scores["2x2x2"]["nats_per_token"], summary.final_validation_loss, rtol=2e-6)
+    with pytest.raises(restore.ConfigError, match="does not split into this run's routing groups of 32"):
+        trained.model(rows=1, seq_len=16)

@@ -262,7 +262,7 @@ def test_command_line_exports_a_trained_run(tmp_path):
     saved = (workdir / "tokenizer" / "bpe_300.tiktoken").read_bytes()
     assert (out / "tokenizer" / "bpe_300.tiktoken").read_bytes() == saved
     config, params = load_export(str(out))
-    trained = restore.load(str(workdir))                 # the whole train state, restored the other way
+    trained = restore.load(str(workdir))                 # params only, restored the other way
     assert (config["tokenizer"]["sha256"], config["tokenizer"]["eot_id"]) == (trained.tokenizer.sha256, 300)
     assert (config["moe"]["tokens_per_group"], config["moe"]["trained_groups_per_step"]) == (32, 8)
     assert config["source"]["step"] == 2 and config["source"]["run_config"]["data"]["tokenizer"] == "bpe:300"
@@ -270,7 +270,7 @@ def test_command_line_exports_a_trained_run(tmp_path):
                  params, trained.params)
     assert set(config["tokenizer"]["files"]) == {"tokenizer/bpe_300.json", "tokenizer/bpe_300.tiktoken"}
     tokens = np.random.default_rng(1).integers(0, 302, (2, 32))
-    model_cfg = layout.with_groups(trained.model.cfg, 2)                   # 64 tokens = 2 groups of 32
+    model_cfg = layout.with_groups(trained.model_cfg, 2)                   # 64 tokens = 2 groups of 32
     diff = _close(reference.forward(*reference.load(str(out)), tokens),
                   _jax_logits(model_cfg, trained.params, tokens))
     print(f"trained EC run: max |reference - jax| = {diff[0]:.2e} ({diff[1]:.2e} of max |logit|)")

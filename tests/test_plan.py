@@ -42,6 +42,10 @@ def test_plan_arithmetic_by_hand():
     transient = 8 * 4 * 128 * tokens_chip  # one layer's fp32 scores + probabilities, 4 heads, seq 128
     assert flat["activation_bytes_full_remat"] == 4 * tokens_chip * 64 * 2 + transient
     assert flat["activation_bytes_no_remat"] == pytest.approx(4 * tokens_chip * 64 * 34 + transient)
+    # Evaluation: float32 parameters only (no AdamW, no gradients) + scores and the logits of a batch.
+    vocab = flops.model_config(config).vocab_size
+    assert moe["eval_param_bytes_per_chip"] == 4 * (total - routed // 2)
+    assert flat["eval_activation_bytes_per_chip"] == transient + tokens_chip * vocab * 4
 
 
 def test_suggestion_fits_and_the_paper_model_needs_sharding():
@@ -52,3 +56,5 @@ def test_suggestion_fits_and_the_paper_model_needs_sharding():
     assert best["state_bytes_per_chip"] + best["activation_bytes_full_remat"] <= chip.hbm_bytes
     one_chip = plan.plan(config, chip, 1, {})
     assert one_chip["state_bytes_per_chip"] == 16 * 8_151_229_440 and not one_chip["fits_full_remat"]
+    assert one_chip["eval_param_bytes_per_chip"] == 4 * 8_151_229_440  # 30.4 GiB: evaluation fits on one v5p
+    assert "evaluation per chip" in plan.report(best)

@@ -50,7 +50,7 @@ def test_bpe_run_saves_its_vocabulary_and_a_resume_or_eval_loads_it(config, tmp_
     assert {**first.train_losses, **second.train_losses} == reference.train_losses  # exact equality
     trained = restore.load(str(tmp_path / "b"))
     assert trained.tokenizer.record == dict(tokenizer="bpe:512", sha256=digest, num_ids=513)
-    assert trained.tokenizer.mask_id == 513 and trained.model.cfg.vocab_size == 640  # 514 rows padded
+    assert trained.tokenizer.mask_id == 513 and trained.model_cfg.vocab_size == 640  # 514 rows padded
     assert trained.params["embedding"].shape == (640, config.model.d_model)
 
 

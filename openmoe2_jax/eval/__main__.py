@@ -14,14 +14,13 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from tensorboardX import SummaryWriter
 
-from openmoe2_jax import cli, objectives
-from openmoe2_jax.data import benchmarks, pipeline, sources
-from openmoe2_jax.objectives import likelihood
-from openmoe2_jax.progress import Progress
+from openmoe2_jax import cli
+from openmoe2_jax.data import benchmarks
+from openmoe2_jax.errors import ConfigError
+from openmoe2_jax.eval.evaluate import default_rows, evaluate_choice, evaluate_text
 from openmoe2_jax.runtime import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", required=True)
@@ -33,70 +32,31 @@ _MC = flags.DEFINE_integer("mc_samples", 0, "Diffusion Monte Carlo samples (0 = 
 _PROXY = flags.DEFINE_bool("proxy", False, "Diffusion multiple choice: one fully-masked pass (a proxy).")
 _SHOTS = flags.DEFINE_integer("shots", 0, "MMLU few-shot examples from the dev split.")
 _SEQ = flags.DEFINE_integer("seq_len", 0, "Row length (0 = config.data.seq_len).")
-_ROWS = flags.DEFINE_integer("batch_rows", 8, "Rows per forward pass.")
+_ROWS = flags.DEFINE_integer("batch_rows", 0, "Rows per forward pass (0 = one routing group of the run's "
+                             "training step for batch-level EC / capacity TC, else 8).")
+_MESH = flags.DEFINE_string("mesh", "", "data,fsdp,expert,tensor sizes of the mesh the parameters are "
+                            "sharded over (-1 fills; e.g. 2,2,2,1); default: one device.")
 _SEED = flags.DEFINE_integer("seed", 0, "Fixes every mask of the evaluation.")
-
-
-def _text_rows(trained, data: str, seq_len: int) -> np.ndarray:
-    config, tok = trained.config, trained.tokenizer
-    if data in ("", "validation"):
-        stream = pipeline.load_corpus(config.data, tok, config.eval.seed).validation
-    else:
-        source = "jsonl" if data.endswith(".jsonl") else "text"
-        docs = list(sources.read_documents(source, [data], "text"))
-        stream = pipeline.concat_with_eot((tok.encode(d) for d in docs), tok.eot_id)
-    rows = pipeline.TokenRows(stream, seq_len)
-    if len(rows) == 0:
-        raise sources.CorpusError(f"{data or 'the validation split'} has fewer than {seq_len} tokens.")
-    return np.stack([rows[i] for i in range(len(rows))])
-
-
-def evaluate_text(trained, data, seq_len, batch_rows, mc_samples, seed, limit) -> dict:
-    objective = objectives.frozen_objective(trained.config.objective, evaluation=True)
-    fn = jax.jit(likelihood.make_validation_fn(trained.model, objective, trained.tokenizer.mask_id,
-                                               seed, mc_samples))
-    rows = _text_rows(trained, data, seq_len)
-    batches = [rows[i:i + batch_rows] for i in range(0, len(rows) - batch_rows + 1, batch_rows)]
-    if limit:
-        batches = batches[:limit]
-    if not batches:
-        raise sources.CorpusError(f"fewer than --batch_rows={batch_rows} rows of {seq_len} tokens to evaluate.")
-    nats = tokens = num_bytes = 0
-    ar = objective.kind == "ar"
-    progress = Progress(f"eval text ({data or 'validation'}, {batch_rows} rows a batch)", len(batches), "batches")
-    for i, b in enumerate(batches):
-        out = fn(trained.params, b, i)
-        nats += float(out["nats"].sum())
-        tokens += int(out["tokens"].sum())
-        num_bytes += likelihood.row_bytes(trained.tokenizer, b, skip_first=ar)
-        progress(i + 1)
-    kind = "nll" if ar else f"elbo_{mc_samples}_samples"
-    return dict(nats_per_token=nats / tokens, bits_per_byte=likelihood.bits_per_byte(nats, num_bytes),
-                tokens=tokens, bytes=num_bytes, estimator=kind)
-
-
-def evaluate_choice(trained, questions, seq_len, batch_rows, mc_samples, proxy, seed, task="choice") -> dict:
-    causal = trained.config.objective.kind == "ar"
-    fn = jax.jit(lambda *a: likelihood.make_conditional_fn(
-        trained.model, causal, trained.tokenizer.mask_id, mc_samples, proxy)(trained.params, *a))
-    progress = Progress(f"eval {task} ({len(questions):,} questions)", 0, "rows")
-    result = benchmarks.score(questions, fn, trained.tokenizer, seq_len, batch_rows, seed, progress)
-    result["estimator"] = ("exact" if causal else
-                           "proxy (one fully-masked pass)" if proxy else f"monte_carlo_{mc_samples}_samples")
-    return result
 
 
 def main(argv):
     del argv
     cli.quiet_logging()
     with cli.user_errors():
-        trained = restore.load(_WORKDIR.value, _STEP.value)
+        mesh = None
+        if _MESH.value:
+            sizes = [int(x) for x in _MESH.value.split(",")]
+            if len(sizes) != 4:
+                raise ConfigError(f"--mesh={_MESH.value!r}: expected 4 sizes data,fsdp,expert,tensor")
+            mesh = dict(zip(("data", "fsdp", "expert", "tensor"), sizes))
+        trained = restore.load(_WORKDIR.value, _STEP.value, mesh, jax.devices() if mesh else None)
         config = trained.config
         seq_len = _SEQ.value or config.data.seq_len
+        rows = _ROWS.value or default_rows(trained, seq_len)
         mc = _MC.value or config.eval.mc_samples
         t0 = time.time()
         if _TASK.value == "text":
-            result = evaluate_text(trained, _DATA.value, seq_len, _ROWS.value, mc, _SEED.value, _LIMIT.value)
+            result = evaluate_text(trained, _DATA.value, seq_len, rows, mc, _SEED.value, _LIMIT.value)
         else:
             if _TASK.value == "hellaswag":
                 questions = benchmarks.read_hellaswag(_DATA.value or config.eval.hellaswag_file)
@@ -104,7 +64,7 @@ def main(argv):
                 questions = benchmarks.read_mmlu(_DATA.value or config.eval.mmlu_dir, "val", _SHOTS.value)
             if _LIMIT.value:
                 questions = questions[:_LIMIT.value]
-            result = evaluate_choice(trained, questions, seq_len, _ROWS.value, mc, _PROXY.value, _SEED.value,
+            result = evaluate_choice(trained, questions, seq_len, rows, mc, _PROXY.value, _SEED.value,
                                      _TASK.value)
     result.update(task=_TASK.value, step=trained.step, seconds=time.time() - t0,
                   objective=config.objective.kind)

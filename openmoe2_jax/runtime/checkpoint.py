@@ -114,11 +114,15 @@ class Checkpoints:
         return restored["state"]
 
     def restore_params(self, step: int, abstract_params):
-        """Only the `params` of the saved train state, as host NumPy arrays of the shapes and dtypes of
-        `abstract_params` (a tree of ShapeDtypeStruct). The optimizer state is never read: the memory
-        is one copy of the parameters."""
+        """Only the `params` of the saved train state, of the shapes and dtypes of `abstract_params` (a
+        tree of ShapeDtypeStruct): jax.Arrays laid out as their `sharding` says where every leaf has
+        one, else host NumPy arrays. The optimizer state is never read: the memory is one copy of the
+        parameters (a shard of it per device, when sharded)."""
         item = {"params": abstract_params}
-        args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), item)
+        sharded = all(getattr(a, "sharding", None) is not None for a in jax.tree.leaves(abstract_params))
+        args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
+                                                            dtype=a.dtype) if sharded else
+                            ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), item)
         try:
             restored = ocp.PyTreeCheckpointer().restore(
                 os.path.join(self.directory, str(step), "state"),

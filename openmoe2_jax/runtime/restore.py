@@ -2,7 +2,13 @@
 
 The tokenizer is the run's: cl100k, or the bpe:N vocabulary the run saved in WORKDIR/tokenizer (never
 trained again). A checkpoint trained with another vocabulary than config.json names is refused
-(VocabularyError, naming both) before the model is built.
+(VocabularyError, naming both) before the model is built. Only the parameters are read (never the
+AdamW moments), sharded over the mesh the caller asks for.
+
+Routing groups. Batch-level expert choice picks C = N k cf / E tokens per expert among the N tokens of
+a group (and capacity TC keeps C per expert), so N is part of the model's function. The checkpoint
+records N (routing_record: tokens_per_group); `Trained.model(rows, seq_len)` routes any batch in groups
+of exactly that N, so a checkpoint scores the same in the trainer's validation and here, on any mesh.
 """
 from __future__ import annotations
 
@@ -10,11 +16,9 @@ import dataclasses
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 
 from openmoe2_jax import validation
 from openmoe2_jax.configs import base
@@ -22,7 +26,8 @@ from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.runtime import optimizer, state as state_lib
+from openmoe2_jax.errors import ConfigError
+from openmoe2_jax.runtime import checkpoint, state as state_lib
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
@@ -30,9 +35,16 @@ from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 class Trained:
     config: ml_collections.ConfigDict
     tokenizer: Tokenizer
-    model: Transformer
-    params: dict
+    model_cfg: ModelConfig
+    params: dict               # jax.Arrays sharded over `mesh` (pass them to jitted functions as arguments)
     step: int
+    routing: dict | None       # {groups, tokens_per_group} of the run's training step; None: any grouping
+    mesh: jax.sharding.Mesh
+
+    def model(self, rows: int, seq_len: int) -> Transformer:
+        """The model for batches of rows x seq_len tokens, routed in the run's own groups."""
+        groups = routing_groups(self.routing, rows * seq_len, f"a batch of {rows} rows x {seq_len} tokens")
+        return Transformer(with_groups(self.model_cfg, groups))
 
 
 @dataclasses.dataclass
@@ -102,26 +114,54 @@ def _open_checkpoint(workdir: str, step: int | None):
     return config, tokenizer, checkpoints, step
 
 
-def load(workdir: str, step: int | None = None, devices=None) -> Trained:
-    """The model and params of `workdir`'s latest (or given) checkpoint.
+def routing_groups(routing: dict | None, tokens: int, what: str) -> int:
+    """How many routing groups `tokens` tokens make at the run's recorded tokens_per_group (1 for a
+    model whose routing does not depend on the grouping). ConfigError if they do not split evenly."""
+    if routing is None:
+        return 1
+    per_group = routing["tokens_per_group"]
+    if tokens % per_group:
+        raise ConfigError(f"{what} ({tokens} tokens) does not split into this run's routing groups of "
+                          f"{per_group} tokens (batch-level expert choice or capacity token choice routes "
+                          f"exactly that many tokens together, as training did): use a batch of a "
+                          f"multiple of {per_group} tokens")
+    return tokens // per_group
 
-    The params are restored onto a data-parallel mesh over `devices` (default: the first device),
-    whatever mesh wrote them. Batch-level EC then routes over each evaluation batch.
+
+def with_groups(model_cfg: ModelConfig, groups: int) -> ModelConfig:
+    """`model_cfg` routing `groups` batch-level groups per forward pass (a dense model: unchanged)."""
+    if model_cfg.moe is None:
+        return model_cfg
+    return dataclasses.replace(model_cfg, moe=dataclasses.replace(model_cfg.moe, num_groups=groups))
+
+
+def _routing(checkpoints, step: int, config, model_cfg: ModelConfig) -> dict | None:
+    """The checkpoint's routing record; for a grouped model saved before records existed, the groups
+    config.moe.num_groups gives (0 read as 1: one group per training step)."""
+    recorded = checkpoints.recorded_routing(step)
+    if recorded is not None:
+        return recorded
+    return checkpoint.routing_record(with_groups(model_cfg, config.moe.num_groups or 1),
+                                     config.train.batch_size, config.data.seq_len)
+
+
+def load(workdir: str, step: int | None = None, mesh_config: dict | None = None, devices=None) -> Trained:
+    """The parameters of `workdir`'s latest (or given) checkpoint, and what they need to be used.
+
+    Parameters only (the optimizer state is never read), restored straight into their shards on a
+    mesh of `devices` (default: the first device) shaped by `mesh_config` (a config.mesh dict; default:
+    every device on `data`, i.e. replicated parameters), whatever mesh wrote them: with fsdp and expert
+    axes a chip holds 1/(fsdp x expert) of the expert weights, as in training.
     """
     config, tokenizer, checkpoints, step = _open_checkpoint(workdir, step)
-    ckpt_dir = checkpoints.directory
     devices = devices or jax.devices()[:1]
-    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, expert=1, tensor=1), devices)
-    model = Transformer(ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh)))
-    init = state_lib.init_fn(model, optimizer.make(config.train), config.seed, 1, config.data.seq_len)
-    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        abstract, _ = state_lib.abstract_state(init, mesh)
-    checkpoints.check_compatible(step, abstract)
-    try:
-        state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"), abstract)
-    except Exception as e:  # orbax raises several types for a damaged checkpoint
-        raise CheckpointError(f"{ckpt_dir}/{step} could not be restored: {e}") from e
-    return Trained(config=config, tokenizer=tokenizer, model=model, params=state.params, step=step)
+    mesh = sharding.make_mesh(mesh_config or dict(data=-1, fsdp=1, expert=1, tensor=1), devices)
+    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids)
+    abstract = abstract_params(model_cfg, mesh)
+    checkpoints.check_compatible(step, abstract, subtree="params")
+    params = checkpoints.restore_params(step, abstract)
+    return Trained(config=config, tokenizer=tokenizer, model_cfg=model_cfg, params=params, step=step,
+                   routing=_routing(checkpoints, step, config, model_cfg), mesh=mesh)
 
 
 def load_params(workdir: str, step: int | None = None) -> TrainedParams:
@@ -139,11 +179,14 @@ def load_params(workdir: str, step: int | None = None) -> TrainedParams:
                          step=step, routing=routing)
 
 
-def abstract_params(model_cfg: ModelConfig) -> dict:
-    """The parameter tree `model_cfg` builds, as ShapeDtypeStructs (nothing allocated). The shapes do
-    not depend on the routing groups: it is traced with one group of one token."""
-    if model_cfg.moe is not None:
-        model_cfg = dataclasses.replace(model_cfg, moe=dataclasses.replace(model_cfg.moe, num_groups=1))
-    model = Transformer(model_cfg)
+def abstract_params(model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """The parameter tree `model_cfg` builds, as ShapeDtypeStructs (nothing allocated), with their
+    shardings on `mesh` by the logical-axis rules if one is given. The shapes do not depend on the
+    routing groups: it is traced with one group of one token."""
+    model = Transformer(with_groups(model_cfg, 1))
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state_lib.strip_boxes(boxed))
+    plain = state_lib.strip_boxes(boxed)
+    if mesh is None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), plain)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        plain, sharding.logical_sharding(boxed, mesh))
