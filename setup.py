@@ -41,6 +41,12 @@ EXTRAS = {
     "seqio": ["seqio>=0.0.20"],
     # `python -m openmoe2_jax.eval.harness` (an lm-evaluation-harness model); base lm_eval, no torch.
     "lm_eval": ["lm_eval>=0.4.13"],
+    # gs:// workdirs (a TPU pod's). tensorboardX writes gs:// event files through google-cloud-storage
+    # (its GCSRecordWriter). etils.epath, which every workdir path goes through (config, summaries,
+    # tables, plots, orbax's checkpoint metadata), opens gs:// with fsspec's gcsfs when TensorFlow is
+    # absent (etils' own `epath-gcs` extra names the same package); so do TensorBoard's event readers
+    # (`reproduce` reading the runs' curves). orbax's arrays go through tensorstore's built-in GCS driver.
+    "gcs": ["google-cloud-storage", "gcsfs"],
     # pytest-xdist: the tests are independent, and two workers keep both cores busy while one of
     # them compiles (XLA's CPU compiler is single-threaded).
     "test": ["pytest>=8", "pytest-xdist>=3.5", "seqio>=0.0.20", "lm_eval>=0.4.13"],

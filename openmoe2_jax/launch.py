@@ -17,7 +17,8 @@ worker, builds a virtualenv with a supported Python (`--python`, default 3.12) t
 fetches a standalone Python build: the TPU VM images (`v2-alpha-tpuv5`, `v2-alpha-tpuv6e`,
 `tpu-ubuntu2204-base`) are Ubuntu 22.04, whose system `python3` is 3.10, below this project's floor.
 `jax[tpu]` is installed with the bounds this installation of openmoe2_jax admits (read from its own
-package metadata, so the pod gets the JAX range the tests ran on).
+package metadata, so the pod gets the JAX range the tests ran on), and the project with its `gcs`
+extra (a pod's workdir is gs://).
 `run` starts the same command on all workers; the trainer calls jax.distributed.initialize() on a
 multi-host TPU VM, so each process reads its own slice of the data and orbax writes the checkpoint
 cooperatively. `--spot` uses queued resources with spot capacity; preemption sends SIGTERM, the
@@ -91,7 +92,10 @@ def commands(action: str, name: str, zone: str, project: str = "", accelerator: 
             "python3 -m pip install --user --quiet --upgrade uv",
             f"rm -rf {REMOTE_DIR}", f"mkdir -p {REMOTE_DIR}", f"tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR}",
             f"{uv} venv --clear --python {python} {VENV}",
-            f"{uv} pip install --python {VENV}/bin/python {shlex.quote(jax_tpu_requirement())} {REMOTE_DIR}",
+            # the project with its `gcs` extra: a pod's workdir is gs:// (brackets quoted from the remote
+            # shell's globbing, ~ left unquoted for it to expand)
+            f"{uv} pip install --python {VENV}/bin/python {shlex.quote(jax_tpu_requirement())} "
+            f"{REMOTE_DIR}'[gcs]'",
         ])
         return [
             ["git", "-C", repo, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],

@@ -62,6 +62,33 @@ def config():
     return small_config()
 
 
+@pytest.fixture
+def fake_gcs(monkeypatch, tmp_path):
+    """gs:// in memory, for code written for a bucket to run offline: etils.epath's gs:// backend
+    (fsspec's `gcs` filesystem, gcsfs once the `gcs` extra is installed) is replaced by an in-memory
+    filesystem, and epath is kept from TensorFlow's gfile (which it prefers when TensorFlow is
+    installed). Yields the bucket's contents, {"/BUCKET/path": file}. The working directory is
+    tmp_path, where a URL mangled into a local path (`gs:/BUCKET/...`) would show."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    from etils.epath import backend, gpath  # pylint: disable=import-outside-toplevel
+    from fsspec.implementations.memory import MemoryFileSystem  # pylint: disable=import-outside-toplevel
+
+    class Bucket(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store, pseudo_dirs = {}, [""]  # this test's own
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(str(path).removeprefix("gs://"))
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", Bucket)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    yield Bucket.store
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
                      help="run the slow end-to-end tests at full size (every section of `reproduce`, the "

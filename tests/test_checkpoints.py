@@ -1,4 +1,5 @@
-"""Checkpoints: damaged ones are set aside with a warning, and a state restores onto another mesh."""
+"""Checkpoints: damaged ones are set aside with a warning, and a state restores onto another mesh; their
+directory, local or gs://, as orbax is given it."""
 import os
 
 import flax.linen as nn
@@ -9,7 +10,7 @@ import pytest
 from openmoe2_jax.data.tokenizer import get_tokenizer
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
-from openmoe2_jax.runtime import checkpoint, optimizer, state as state_lib
+from openmoe2_jax.runtime import checkpoint, optimizer, paths, state as state_lib
 from openmoe2_jax.train import loop
 
 
@@ -81,3 +82,21 @@ def test_state_saved_on_one_mesh_restores_on_another(config, tmp_path):
     assert restored.params["embedding"].addressable_shards[0].data.shape[1] == d      # fsdp = 1
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  state.params, restored.params)
+
+
+def test_workdir_paths_keep_a_bucket_url_and_make_a_local_path_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bucket = paths.absolute("gs://bucket/runs/x")
+    assert str(bucket).startswith("gs://bucket/runs/x")
+    assert str(bucket / "checkpoints") == "gs://bucket/runs/x/checkpoints"
+    assert str(paths.absolute(bucket)) == "gs://bucket/runs/x"  # an epath.Path of a URL too
+    assert str(paths.absolute("runs/x")) == os.path.join(os.getcwd(), "runs", "x")  # os.path.abspath's
+    assert str(paths.absolute("/abs/runs/../x")) == "/abs/x"
+    assert paths.is_url("gs://b") and not paths.is_url("runs/gs:") and not paths.is_url(tmp_path)
+    # A local checkpoint directory is made absolute before orbax sees it (and checked: a file is refused).
+    ckpts = checkpoint.Checkpoints("ckpt", keep=1, async_save=False)
+    assert str(ckpts.directory) == os.path.join(os.getcwd(), "ckpt")
+    ckpts.close()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(checkpoint.CheckpointError, match="exists and is not a directory"):
+        checkpoint.Checkpoints("file", keep=1, async_save=False)

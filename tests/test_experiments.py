@@ -8,6 +8,7 @@ import matplotlib.image
 import ml_collections
 import numpy as np
 import pytest
+from etils import epath
 
 from openmoe2_jax import flops, validation
 from openmoe2_jax.configs import scales
@@ -128,16 +129,17 @@ def _fake_validation_loss(config):
 
 @pytest.fixture
 def fake_train(monkeypatch):
-    """Replaces training by writing a summary.json; returns the list of (workdir, seed) trained."""
+    """Replaces training by writing a summary.json (local or gs://); returns the list of (workdir as a
+    string, seed) trained."""
     calls = []
 
     def train(config, workdir, stop_at_step=None, log=print):
         del stop_at_step, log
-        calls.append((workdir, config.seed))
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(dict(steps=config.train.steps, final_train_loss=7.0, wall_seconds=30.0,
-                           final_validation_loss=_fake_validation_loss(config)), f)
+        calls.append((str(workdir), config.seed))
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / "summary.json").write_text(json.dumps(
+            dict(steps=config.train.steps, final_train_loss=7.0, wall_seconds=30.0,
+                 final_validation_loss=_fake_validation_loss(config))))
         return types.SimpleNamespace(steps=config.train.steps, preempted=False)
 
     monkeypatch.setattr(reproduce.loop, "train", train)
@@ -182,6 +184,41 @@ def test_a_section_after_another_reuses_the_shared_baseline(tmp_path, fake_train
     (tmp_path / "smoke" / "runs" / ec_key / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="holds a different config"):
         reproduce.reproduce(3, "smoke", root, seeds=3, log=quiet)
+
+
+def test_run_directories_under_a_bucket_stay_in_it():
+    """A gs:// root is joined as a URL, not made a path under the working directory (gs:/b/...)."""
+    root = "gs://b/runs"
+    assert str(runs.key_dir(root, "cpu", "0123abcd")) == "gs://b/runs/cpu/runs/0123abcd"
+    assert str(runs.run_dir(root, "cpu", "0123abcd", 2)) == "gs://b/runs/cpu/runs/0123abcd/seed2"
+    planned = reproduce.plan(registry.section(7), "cpu", root, 2)
+    assert all(str(r.workdir).startswith("gs://b/runs/cpu/runs/") for rs in planned.values() for r in rs)
+    dense_key = planned["dense_source"][0].key
+    assert [r.config.moe.upcycle_from for r in planned["ec_upcycle"]] == [
+        f"gs://b/runs/cpu/runs/{dense_key}/seed{s}" for s in (0, 1)]  # a string, as the config holds it
+    assert str(runs.run_dir("runs/", "cpu", "k", 0)) == os.path.join("runs", "cpu", "runs", "k", "seed0")
+
+
+def test_a_section_under_a_bucket_is_written_and_read_back_there(fake_gcs, fake_train, tmp_path):
+    """reproduce and summary with WORKDIR=gs://... (an in-memory bucket, conftest.fake_gcs): the run
+    directories, their config.json, the table, results.json and the PNG all land in the bucket."""
+    root, quiet = "gs://bucket/runs", lambda *a: None
+    text = reproduce.reproduce(3, "smoke", root, seeds=2, log=quiet)
+    assert len(fake_train) == 4 and all(w.startswith("gs://bucket/runs/smoke/runs/") for w, _ in fake_train)
+    out = epath.Path(root) / "smoke" / "sec03"
+    assert (out / "table.md").read_text() == text
+    results = json.loads((out / "results.json").read_text())
+    assert results["results"]["tc"]["validation_loss"] == [6.5, 6.51]
+    assert (out / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+    ec_key = results["results"]["ec"]["run"].split("/")[1]
+    assert "seed" not in json.loads((epath.Path(root) / "smoke" / "runs" / ec_key / "config.json").read_text())
+    assert f"/bucket/runs/smoke/runs/{ec_key}/seed1/summary.json" in fake_gcs
+    # Read back: finished runs are skipped, --collect_only rebuilds the same table, summary finds it.
+    assert reproduce.reproduce(3, "smoke", root, seeds=2, log=quiet) == text and len(fake_train) == 4
+    assert reproduce.reproduce(3, "smoke", root, collect_only=True, seeds=2) == text
+    overview = summary.summarize(root, "smoke")
+    assert overview.count("| not run |") == 10 and "| 3. token choice vs expert choice" in overview
+    assert os.listdir(tmp_path) == []  # nothing under the working directory (no local gs:/bucket/...)
 
 
 def test_a_sigterm_during_a_run_stops_the_sweep(tmp_path, monkeypatch):

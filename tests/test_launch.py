@@ -35,7 +35,9 @@ def test_setup_copies_the_committed_source_tree_and_installs_a_supported_python_
     # jax[tpu] with exactly setup.py's jax bounds (read from the file, not from the launcher's source).
     bounds = re.search(r'"jax(>=[^"]+)"', open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read())[1]
     install = shlex.split(steps[5])
-    assert install[:4] == ["~/.local/bin/uv", "pip", "install", "--python"] and install[-1] == "~/openmoe2_jax"
+    # the project with the `gcs` extra (gs:// workdirs), its brackets quoted from the remote shell's globbing
+    assert install[:4] == ["~/.local/bin/uv", "pip", "install", "--python"] and install[-1] == "~/openmoe2_jax[gcs]"
+    assert steps[5].endswith(" ~/openmoe2_jax'[gcs]'")
     assert install[4] == "~/openmoe2_jax_venv/bin/python" and install[5].startswith("jax[tpu]")
     assert set(install[5].removeprefix("jax[tpu]").split(",")) == set(bounds.split(","))
     with pytest.raises(ValueError, match="--python='3.10'"):

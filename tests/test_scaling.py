@@ -1,5 +1,6 @@
 """Scaling laws: the fitters recover known laws from noisy synthetic losses, the IsoFLOP ladder keeps
-every run's FLOPs within 1% of its budget, and sweep -> fit -> plan run end to end (training faked)."""
+every run's FLOPs within 1% of its budget, and sweep -> fit -> plan run end to end (training faked),
+with a local WORKDIR or a gs:// one."""
 import json
 import math
 import os
@@ -165,3 +166,21 @@ def test_sweep_then_fit_then_plan(tmp_path, monkeypatch):
     assert "| diffusion |" in text and "| ar |" in text
     with pytest.raises(ValueError, match="sweep.json: not found"):
         scaling.fit(scaling.sweep_dir(root, "smoke", "diffusion", "moe"))
+
+
+def test_a_sweep_under_a_bucket_lists_its_runs_there(fake_gcs, tmp_path):
+    """WORKDIR=gs://... (an in-memory bucket, conftest.fake_gcs): sweep.json and the run directories it
+    lists are in the bucket, and read_sweep (what fit reads) and plan read from there."""
+    root = "gs://bucket/runs"
+    directory = scaling.sweep_dir(root, "smoke", "ar", "dense")
+    assert str(directory) == "gs://bucket/runs/smoke/scaling/ar_dense"
+    path = scaling.sweep("smoke", "ar", "dense", [3e12], root, collect_only=True, log=lambda *a: None)
+    assert str(path) == "gs://bucket/runs/smoke/scaling/ar_dense/sweep.json"
+    assert "/bucket/runs/smoke/scaling/ar_dense/sweep.json" in fake_gcs
+    data, rows = scaling.read_sweep(directory)
+    workdirs = [w for r in data["runs"] for w in r["workdirs"]]
+    assert workdirs and all(w.startswith("gs://bucket/runs/smoke/runs/") for w in workdirs)
+    assert rows == []  # listed only (--collect_only): none has a summary.json
+    with pytest.raises(ValueError, match="no fit.json .* under gs://bucket/runs"):
+        scaling.plan(root, "smoke", "dense", 1e15)
+    assert os.listdir(tmp_path) == []  # nothing under the working directory

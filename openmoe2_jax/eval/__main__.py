@@ -10,11 +10,11 @@ multiple choice with one fully-masked pass instead (labelled "proxy" in every ou
 DIR/eval/<task>.json and DIR/tensorboard (eval/<task>/...).
 """
 import json
-import os
 import time
 
 import jax
 from absl import app, flags
+from etils import epath
 from tensorboardX import SummaryWriter
 
 from openmoe2_jax import cli
@@ -69,10 +69,10 @@ def main(argv):
     result.update(task=_TASK.value, step=trained.step, seconds=time.time() - t0,
                   objective=config.objective.kind)
     name = _TASK.value + (f"_{_SHOTS.value}shot" if _TASK.value == "mmlu" else "")
-    os.makedirs(os.path.join(_WORKDIR.value, "eval"), exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, "eval", f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    writer = SummaryWriter(os.path.join(_WORKDIR.value, "tensorboard"))
+    workdir = epath.Path(_WORKDIR.value)  # local or gs://
+    (workdir / "eval").mkdir(parents=True, exist_ok=True)
+    (workdir / "eval" / f"{name}.json").write_text(json.dumps(result, indent=2))
+    writer = SummaryWriter(str(workdir / "tensorboard"))
     for key in ("nats_per_token", "bits_per_byte", "acc", "acc_norm"):
         if key in result:
             writer.add_scalar(f"eval/{name}/{key}", result[key], trained.step)

@@ -63,10 +63,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 
 import jax
 import numpy as np
+from etils import epath
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -119,7 +119,7 @@ def load_export_dir(directory: str) -> Loaded:
     """An export (export/reader.py load_export), its vocabulary checked against its config.json."""
     config, params = reader.load_export(directory)
     described = config["tokenizer"]
-    tok = bpe.run_tokenizer(described["name"], [os.path.join(directory, "tokenizer")], None)
+    tok = bpe.run_tokenizer(described["name"], [epath.Path(directory) / "tokenizer"], None)
     if (tok.sha256, tok.num_ids) != (described["sha256"], described["num_ids"]):
         raise HarnessError(f"export={directory}: its tokenizer files are not the vocabulary its "
                            f"config.json names ({described['name']}, sha256 {described['sha256'][:12]}...).")

@@ -10,7 +10,8 @@ a run shared by sections trains once; a finished run is skipped, an interrupted 
 checkpoint). Then reads each run — the summary, the TensorBoard logs — and writes
 WORKDIR/<scale>/secNN/table.md (mean ± std over seeds, the verdict under experiments/stats.py's rule),
 results.json (the per-seed values) and loss_curves.png (mean over seeds, ±1 std band), with the
-published conclusion beside ours. `--collect_only` only reads (for runs done elsewhere).
+published conclusion beside ours. `--collect_only` only reads (for runs done elsewhere). WORKDIR is
+local or gs://... (etils.epath; the `gcs` install extra).
 Validation loss = the trainer's final evaluation (diffusion: ELBO with fixed masks; AR: NLL), in
 nats/token on the same held-out rows for every variant and seed.
 """
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from openmoe2_jax import cli, errors, flops
 from openmoe2_jax.configs import scales
 from openmoe2_jax.experiments import claims, registry, runs, stats, summary
+from openmoe2_jax.runtime import paths
 from openmoe2_jax.train import loop
 
 _SECTION = flags.DEFINE_string("section", None, "Ablation section: N (1-11), a list N,M,... or 'all' "
@@ -53,7 +55,7 @@ class Run:
     variant: str
     seed: int
     key: str
-    workdir: str
+    workdir: epath.Path
     config: object      # the run's ml_collections.ConfigDict (seed and dependency filled in)
     config_json: str    # what its key hashes (runs.canonical), written beside the seed directories
 
@@ -91,25 +93,24 @@ def plan(section, scale: str, root: str, seeds: int = 3, steps: int = 0) -> dict
     return out
 
 
-def _scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
-    tb = os.path.join(workdir, "tensorboard")
-    if not os.path.isdir(tb):
+def _scalars(workdir: epath.PathLike, tag: str) -> list[tuple[int, float]]:
+    tb = epath.Path(workdir) / "tensorboard"
+    if not tb.is_dir():
         return []
-    acc = EventAccumulator(tb)
+    acc = EventAccumulator(str(tb))
     acc.Reload()
     if tag not in acc.Tags()["scalars"]:
         return []
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def collect(workdir: str, config, name: str = "") -> dict:
+def collect(workdir: epath.PathLike, config, name: str = "") -> dict:
     """What the table needs from one finished run (`name` says which, in errors)."""
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "summary.json"
+    if not path.exists():
         raise errors.CheckpointError(f"{name + ': ' if name else ''}{workdir} has no summary.json: the run "
                                      "has not finished.")
-    with open(path) as f:
-        summary = json.load(f)
+    summary = json.loads(path.read_text())
     evals = _scalars(workdir, "eval/loss")
     speeds = [v for _, v in _scalars(workdir, "perf/tokens_per_second")]
     mc = flops.model_config(config)
@@ -140,7 +141,7 @@ def aggregate(variant_runs: list[Run], collected: list[dict]) -> dict:
     return out
 
 
-def write_table(section, scale: str, results: dict, out_dir: str) -> str:
+def write_table(section, scale: str, results: dict, out_dir: epath.Path) -> str:
     compared = getattr(section, "COMPARED", tuple(results))
     claim = claims.CLAIMS[section.SECTION]
     outcome, reason = claim.check(results)
@@ -166,11 +167,10 @@ def write_table(section, scale: str, results: dict, out_dir: str) -> str:
     lines += ["", f"**Published:** {claim.published}", "",
               f"**Ours:** {outcome} — {reason}.", "", f"**Rule:** {stats.rule(n)}", ""]
     text = "\n".join(lines)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(dict(section=section.SECTION, scale=scale, seeds=n, rule=stats.rule(n), outcome=outcome,
-                       reason=reason, results=results), f, indent=2)
+    (out_dir / "table.md").write_text(text)
+    (out_dir / "results.json").write_text(json.dumps(
+        dict(section=section.SECTION, scale=scale, seeds=n, rule=stats.rule(n), outcome=outcome,
+             reason=reason, results=results), indent=2))
     return text
 
 
@@ -192,7 +192,7 @@ def repeated_lines(section, results: dict) -> list[str]:
     return lines
 
 
-def _mean_curve(workdirs: list[str], tags: tuple[str, ...]):
+def _mean_curve(workdirs: list[epath.PathLike], tags: tuple[str, ...]):
     """(steps, mean, std) over the runs of the first of `tags` each run logged, at the steps all have."""
     curves = []
     for workdir in workdirs:
@@ -207,7 +207,7 @@ def _mean_curve(workdirs: list[str], tags: tuple[str, ...]):
     return np.array(steps), values.mean(0), std
 
 
-def plot(section, scale: str, workdirs: dict, out_dir: str) -> str:
+def plot(section, scale: str, workdirs: dict, out_dir: epath.Path) -> epath.Path:
     """Mean over seeds per variant (workdirs: variant -> its seeds' workdirs), shaded ±1 std."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
@@ -229,13 +229,12 @@ def plot(section, scale: str, workdirs: dict, out_dir: str) -> str:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Section {section.SECTION}: {section.TITLE} ({scale}; mean over seeds, ±1 std shaded)")
     fig.tight_layout()
-    path = os.path.join(out_dir, "loss_curves.png")
-    fig.savefig(path, dpi=100)
+    path = paths.save_png(fig, out_dir / "loss_curves.png")
     plt.close(fig)
     return path
 
 
-def plot_repeated(section, scale: str, planned: dict, out_dir: str) -> str:
+def plot_repeated(section, scale: str, planned: dict, out_dir: epath.Path) -> epath.Path:
     """Section 2: validation loss (mean over seeds, ±1 std) against epochs over the unique tokens and
     against tokens seen, one line per variant; the data budgets differ by line style."""
     import matplotlib  # pylint: disable=import-outside-toplevel
@@ -266,8 +265,7 @@ def plot_repeated(section, scale: str, planned: dict, out_dir: str) -> str:
         ax_tokens.legend(*ax_epochs.get_legend_handles_labels(), fontsize=7)
     fig.suptitle(f"Section {section.SECTION}: {section.TITLE} ({scale}; mean over seeds, ±1 std shaded)")
     fig.tight_layout()
-    path = os.path.join(out_dir, "loss_vs_epochs.png")
-    fig.savefig(path, dpi=100)
+    path = paths.save_png(fig, out_dir / "loss_vs_epochs.png")
     plt.close(fig)
     return path
 
@@ -296,8 +294,8 @@ def reproduce(number: int, scale: str, root: str, collect_only: bool = False, st
     results = {v: aggregate(rs, [collect(r.workdir, r.config, f"sec{number:02d}/{v} seed {r.seed}")
                                  for r in rs])
                for v, rs in planned.items()}
-    out_dir = os.path.join(root, scale, f"sec{number:02d}")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = epath.Path(root) / scale / f"sec{number:02d}"
+    out_dir.mkdir(parents=True, exist_ok=True)
     text = write_table(section, scale, results, out_dir)
     compared = getattr(section, "COMPARED", tuple(planned))
     plot(section, scale, {v: [r.workdir for r in planned[v]] for v in compared}, out_dir)
@@ -331,9 +329,7 @@ def main(argv):
             print(f"section {number}: {time.time() - start:.0f} s wall\n", flush=True)
         if len(numbers) > 1:
             overview = summary.summarize(_WORKDIR.value, _SCALE.value)
-            path = os.path.join(_WORKDIR.value, _SCALE.value, "overview.md")
-            with open(path, "w") as f:
-                f.write(overview)
+            (epath.Path(_WORKDIR.value) / _SCALE.value / "overview.md").write_text(overview)
             print(overview)
 
 

@@ -6,13 +6,16 @@ another run replaced by "run:<that run's key>" (the same seed of it), so keys do
 ROOT is. No other field is left out, not even logging or checkpoint cadence: two runs share a
 directory only if their configs are identical (an added config field changes every key). Identical
 variants of different sections (the `ec` baseline of sections 1 and 3-11) are therefore one run.
-ROOT/<scale>/runs/<key>/config.json holds the JSON that was hashed.
+ROOT/<scale>/runs/<key>/config.json holds the JSON that was hashed. ROOT is local or gs://... (every
+directory here is an etils.epath.Path).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+
+from etils import epath
 
 KEY_DIGITS = 16
 
@@ -36,45 +39,42 @@ def run_key(config, dependency_key: str = "") -> str:
     return hashlib.sha256(to_json(canonical(config, dependency_key)).encode()).hexdigest()[:KEY_DIGITS]
 
 
-def key_dir(root: str, scale: str, key: str) -> str:
-    return os.path.join(root, scale, "runs", key)
+def key_dir(root: epath.PathLike, scale: str, key: str) -> epath.Path:
+    return epath.Path(root) / scale / "runs" / key
 
 
-def run_dir(root: str, scale: str, key: str, seed: int) -> str:
-    return os.path.join(key_dir(root, scale, key), f"seed{seed}")
+def run_dir(root: epath.PathLike, scale: str, key: str, seed: int) -> epath.Path:
+    return key_dir(root, scale, key) / f"seed{seed}"
 
 
-def seeded(config, seed: int, upcycle_from: str = ""):
-    """A copy of `config` with `seed` (and moe.upcycle_from, when given) set."""
+def seeded(config, seed: int, upcycle_from: epath.PathLike = ""):
+    """A copy of `config` with `seed` (and moe.upcycle_from, when given, as a string) set."""
     out = config.copy_and_resolve_references()
     out.seed = seed
     if upcycle_from:
-        out.moe.upcycle_from = upcycle_from
+        out.moe.upcycle_from = os.fspath(upcycle_from)
     return out
 
 
-def finished(workdir: str, steps: int) -> bool:
+def finished(workdir: epath.PathLike, steps: int) -> bool:
     """Whether the run in `workdir` has a summary.json of at least `steps` steps (an interrupted run
     has none, or fewer)."""
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "summary.json"
+    if not path.exists():
         return False
-    with open(path) as f:
-        return json.load(f)["steps"] >= steps
+    return json.loads(path.read_text())["steps"] >= steps
 
 
-def check_config(directory: str, text: str, write: bool) -> None:
+def check_config(directory: epath.PathLike, text: str, write: bool) -> None:
     """Makes sure `directory`/config.json holds `text` (writes it first when `write` and it is absent)."""
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
+    directory = epath.Path(directory)
+    path = directory / "config.json"
+    if not path.exists():
         if write:
-            os.makedirs(directory, exist_ok=True)
-            with open(path, "w") as f:
-                f.write(text)
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         return
-    with open(path) as f:
-        found = f.read()
-    if json.loads(found) != json.loads(text):
+    if json.loads(path.read_text()) != json.loads(text):
         raise ValueError(f"{path}: holds a different config than the one its key "
-                         f"{os.path.basename(directory)} was computed from; expected the same (move that "
+                         f"{directory.name} was computed from; expected the same (move that "
                          "directory away)")

@@ -3,9 +3,9 @@
   python -m openmoe2_jax.experiments.summary --workdir=runs --scale=cpu > docs/cpu_study.md
 """
 import json
-import os
 
 from absl import app, flags
+from etils import epath
 
 from openmoe2_jax.experiments import claims, registry, stats
 
@@ -20,12 +20,11 @@ def summarize(root: str, scale: str) -> str:
     rules = set()
     for number, module in sorted(registry.SECTION_MODULES.items()):
         claim = claims.CLAIMS[number]
-        path = os.path.join(root, scale, f"sec{number:02d}", "results.json")
-        if not os.path.exists(path):
+        path = epath.Path(root) / scale / f"sec{number:02d}" / "results.json"
+        if not path.exists():
             lines.append(f"| {number}. {module.TITLE} | not run | {claim.published} | — |")
             continue
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(path.read_text())
         results = data["results"]
         shown = getattr(module, "COMPARED", tuple(results))
         cells = "<br>".join(

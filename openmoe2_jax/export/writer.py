@@ -1,18 +1,20 @@
 """Write an export: a training workdir's parameters (no optimizer state) as safetensors + config.json +
-the tokenizer (docs/export.md)."""
+the tokenizer (docs/export.md). The workdir is local or gs://; the export is written to a local
+directory (safetensors writes and maps local files)."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
+
+from etils import epath
 
 from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, bpe_num_ranks
 from openmoe2_jax.export import files, layout
 from openmoe2_jax.export.layout import ExportError
 from openmoe2_jax.models.transformer import ModelConfig
-from openmoe2_jax.runtime import restore
+from openmoe2_jax.runtime import paths, restore
 
 CONFIG = "config.json"
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # Hugging Face's default shard size (5 GB)
@@ -49,9 +51,10 @@ def write_export(out: str, model_cfg: ModelConfig, objective: str, params: dict,
                          {n: tuple(a.shape) for n, a in expected.items()}, "the parameters given")
     os.makedirs(out, exist_ok=True)
     written = files.write(out, tensors, dtype, max_shard_bytes, dict(producer=layout.FORMAT))
-    for path in tokenizer_files:
+    for path in map(epath.Path, tokenizer_files):  # the run's vocabulary: local or gs://
         os.makedirs(os.path.join(out, "tokenizer"), exist_ok=True)
-        shutil.copyfile(str(path), os.path.join(out, "tokenizer", os.path.basename(str(path))))
+        with open(os.path.join(out, "tokenizer", path.name), "wb") as f:
+            f.write(path.read_bytes())
     with open(os.path.join(out, CONFIG), "w") as f:
         json.dump(config, f, indent=2)
     config["files"] = written
@@ -104,9 +107,9 @@ def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str =
     if tokens_per_group:
         model_cfg = layout.with_groups(model_cfg, config.train.batch_size * config.data.seq_len //
                                        tokens_per_group)
-    tokenizer_files = bpe.files(os.path.join(workdir, "tokenizer"), tok.name) \
+    tokenizer_files = bpe.files(epath.Path(workdir) / "tokenizer", tok.name) \
         if bpe_num_ranks(tok.name) is not None else ()
-    source = dict(workdir=os.path.abspath(workdir), step=trained.step,
+    source = dict(workdir=str(paths.absolute(workdir)), step=trained.step,
                   run_config=json.loads(config.to_json_best_effort()))
     result = write_export(out, model_cfg, config.objective.kind, trained.params,
                           tokenizer_description(tok), dtype, max_shard_bytes, tokens_per_group,

@@ -1,2 +1,3 @@
-"""What a training run and an evaluation share: the train state, its optimizer, orbax checkpoints and
-restoring a run from its workdir. Below train/ and eval/, which are siblings."""
+"""What a training run and an evaluation share: the train state, its optimizer, orbax checkpoints,
+restoring a run from its workdir, and workdir paths (local or gs://). Below train/ and eval/, which are
+siblings."""

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from openmoe2_jax.data.tokenizer import check_vocabulary
 from openmoe2_jax.errors import CheckpointError, CorruptCheckpointError
+from openmoe2_jax.runtime import paths
 
 
 def _handlers():
@@ -25,12 +26,13 @@ def _handlers():
 
 
 class Checkpoints:
-    def __init__(self, directory: str, keep: int | None, async_save: bool, read_only: bool = False):
-        if "://" not in directory:  # local: absolute, and checked before orbax touches it
-            directory = os.path.abspath(directory)
-            if os.path.exists(directory) and not os.path.isdir(directory):
+    def __init__(self, directory: epath.PathLike, keep: int | None, async_save: bool,
+                 read_only: bool = False):
+        directory = paths.absolute(directory)  # gs://... as given; a local path made absolute
+        if not paths.is_url(directory):  # local: checked before orbax touches it
+            if directory.exists() and not directory.is_dir():
                 raise CheckpointError(f"checkpoint directory {directory} exists and is not a directory")
-            if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            if directory.is_dir() and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
                 raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
         self.directory = directory
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -125,7 +127,7 @@ class Checkpoints:
                             ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), item)
         try:
             restored = ocp.PyTreeCheckpointer().restore(
-                os.path.join(self.directory, str(step), "state"),
+                self.directory / str(step) / "state",
                 args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
         except Exception as e:  # tensorstore / orbax / json errors of a damaged checkpoint
             raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from e
@@ -150,7 +152,7 @@ class Checkpoints:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
-            src = epath.Path(self.directory) / str(step)
+            src = self.directory / str(step)
             dst, n = src.with_name(f"{step}.corrupt"), 1
             while dst.exists():
                 dst, n = src.with_name(f"{step}.corrupt{n}"), n + 1

@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from openmoe2_jax import validation
 from openmoe2_jax.configs import base
@@ -27,7 +28,7 @@ from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.errors import ConfigError
-from openmoe2_jax.runtime import checkpoint, state as state_lib
+from openmoe2_jax.runtime import checkpoint, paths, state as state_lib
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
@@ -77,28 +78,27 @@ def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> No
             into[key] = value
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     """The run's config.json over the current defaults (fields added since the run take defaults)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"--workdir={workdir!r} has no config.json: not a training workdir.")
-    with open(path) as f:
-        try:
-            saved = _to_tuples(json.load(f))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"--workdir={os.fspath(workdir)!r} has no config.json: not a training workdir.")
+    try:
+        saved = _to_tuples(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
     config = base.get_config()
     _merge(config, saved)
     validation.validate(config)
     return config
 
 
-def _open_checkpoint(workdir: str, step: int | None):
+def _open_checkpoint(workdir: epath.PathLike, step: int | None):
     """(config, tokenizer, Checkpoints, step) of `workdir`'s latest (or given) checkpoint, its vocabulary
     checked against config.json's (by name before the tokenizer is loaded, then by sha256)."""
     config = load_config(workdir)
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = paths.absolute(workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
         raise CheckpointError(f"{ckpt_dir} holds no checkpoint.")
     checkpoints = Checkpoints(ckpt_dir, keep=None, async_save=False, read_only=True)
     steps = checkpoints.all_steps()
@@ -109,7 +109,7 @@ def _open_checkpoint(workdir: str, step: int | None):
         raise CheckpointError(f"{ckpt_dir} has no step {step}; it has {sorted(steps)}.")
     recorded, where = checkpoints.recorded_vocabulary(step), f"the checkpoint in {ckpt_dir} (step {step})"
     check_vocabulary(recorded, dict(tokenizer=config.data.tokenizer), where)  # by name, before loading
-    tokenizer = bpe.run_tokenizer(config.data.tokenizer, [os.path.join(workdir, "tokenizer")], None)
+    tokenizer = bpe.run_tokenizer(config.data.tokenizer, [epath.Path(workdir) / "tokenizer"], None)
     check_vocabulary(recorded, tokenizer.record, where)
     return config, tokenizer, checkpoints, step
 
@@ -145,7 +145,7 @@ def _routing(checkpoints, step: int, config, model_cfg: ModelConfig) -> dict | N
                                      config.train.batch_size, config.data.seq_len)
 
 
-def load(workdir: str, step: int | None = None, mesh_config: dict | None = None, devices=None) -> Trained:
+def load(workdir: epath.PathLike, step: int | None = None, mesh_config: dict | None = None, devices=None) -> Trained:
     """The parameters of `workdir`'s latest (or given) checkpoint, and what they need to be used.
 
     Parameters only (the optimizer state is never read), restored straight into their shards on a
@@ -164,7 +164,7 @@ def load(workdir: str, step: int | None = None, mesh_config: dict | None = None,
                    routing=_routing(checkpoints, step, config, model_cfg), mesh=mesh)
 
 
-def load_params(workdir: str, step: int | None = None) -> TrainedParams:
+def load_params(workdir: epath.PathLike, step: int | None = None) -> TrainedParams:
     """The parameters of `workdir`'s latest (or given) checkpoint as host NumPy arrays, and what they
     need to be understood. Only the params are read (not the optimizer moments: one copy of the
     parameters in memory, no device). A checkpoint of another model than config.json builds is refused

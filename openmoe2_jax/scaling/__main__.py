@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from openmoe2_jax import cli
 from openmoe2_jax.configs import scales
 from openmoe2_jax.experiments import runs
+from openmoe2_jax.runtime import paths
 from openmoe2_jax.scaling import ladder, laws
 from openmoe2_jax.train import loop
 
@@ -48,8 +49,8 @@ def _define_flags():
 COMMANDS = ("sweep", "fit", "plan")
 
 
-def sweep_dir(root: str, scale: str, objective: str, ffn: str) -> str:
-    return os.path.join(root, scale, "scaling", f"{objective}_{ffn}")
+def sweep_dir(root: epath.PathLike, scale: str, objective: str, ffn: str) -> epath.Path:
+    return epath.Path(root) / scale / "scaling" / f"{objective}_{ffn}"
 
 
 def _numbers(values, flag: str) -> list[float]:
@@ -60,7 +61,7 @@ def _numbers(values, flag: str) -> list[float]:
 
 
 def sweep(scale: str, objective: str, ffn: str, budgets, root: str, unique_tokens=(), seeds: int = 1,
-          collect_only: bool = False, max_steps: int = 100_000, log=print) -> str:
+          collect_only: bool = False, max_steps: int = 100_000, log=print) -> epath.Path:
     """Trains (or resumes / skips) every run of the sweep and writes its sweep.json; returns its path."""
     if seeds < 1:
         raise ValueError(f"--seeds={seeds}: expected at least 1")
@@ -85,32 +86,29 @@ def sweep(scale: str, objective: str, ffn: str, budgets, root: str, unique_token
                                  "command resumes the sweep")
         listed.append(dict(name=p.name, budget=p.budget, n=p.n, total_params=p.total_params,
                            flops_per_token=p.flops_per_token, d=p.tokens, unique_tokens=p.unique_tokens,
-                           flops=p.flops, run=f"runs/{key}", workdirs=dirs))
+                           flops=p.flops, run=f"runs/{key}", workdirs=[str(d) for d in dirs]))
     out = sweep_dir(root, scale, objective, ffn)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "sweep.json")
-    with open(path, "w") as f:
-        json.dump(dict(scale=scale, objective=objective, ffn=ffn, law_n="non-embedding active parameters",
-                       runs=listed), f, indent=2)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.json"
+    path.write_text(json.dumps(dict(scale=scale, objective=objective, ffn=ffn,
+                                    law_n="non-embedding active parameters", runs=listed), indent=2))
     return path
 
 
-def read_sweep(directory: str) -> tuple[dict, list[dict]]:
+def read_sweep(directory: epath.PathLike) -> tuple[dict, list[dict]]:
     """sweep.json and its runs with `loss` (mean final validation loss over the seeds that finished)."""
-    path = os.path.join(directory, "sweep.json")
-    if not os.path.exists(path):
+    path = epath.Path(directory) / "sweep.json"
+    if not path.exists():
         raise ValueError(f"{path}: not found; run `python -m openmoe2_jax.scaling sweep` with the same "
                          "--objective, --ffn, --scale and --workdir first")
-    with open(path) as f:
-        data = json.load(f)
+    data = json.loads(path.read_text())
     rows = []
     for r in data["runs"]:
         losses, unique = [], r["unique_tokens"]
         for workdir in r["workdirs"]:
-            summary = os.path.join(workdir, "summary.json")
-            if os.path.exists(summary):
-                with open(summary) as f:
-                    s = json.load(f)
+            summary = epath.Path(workdir) / "summary.json"
+            if summary.exists():
+                s = json.loads(summary.read_text())
                 losses.append(s["final_validation_loss"])
                 unique = s.get("unique_train_tokens") or unique
         if losses and all(math.isfinite(x) for x in losses):
@@ -119,7 +117,7 @@ def read_sweep(directory: str) -> tuple[dict, list[dict]]:
     return data, rows
 
 
-def fit(directory: str, samples: int = 200, log=print) -> dict:
+def fit(directory: epath.PathLike, samples: int = 200, log=print) -> dict:
     """Fits (a), (b) and (c) of scaling/laws.py to a sweep's finished runs; writes fit.json and plots."""
     data, rows = read_sweep(directory)
     # (a) compares sizes on the same data: every run not limited to a unique-token budget U by the sweep.
@@ -151,8 +149,8 @@ def fit(directory: str, samples: int = 200, log=print) -> dict:
             law, *(np.array([r[k] for r in pick]) for k in ("n", "d", "unique_tokens", "loss"))), repeated, samples)
         out["data_constrained"] = dict(R_star=constrained["R_star"],
                                        intervals=laws.intervals(boot_c, ["R_star"]))
-    with open(os.path.join(directory, "fit.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    directory = epath.Path(directory)
+    (directory / "fit.json").write_text(json.dumps(out, indent=2))
     _plot(directory, out, ladder_runs, repeated)
     return out
 
@@ -161,7 +159,7 @@ def _tokens_per_parameter(iso: dict) -> list[dict]:
     return [dict(budget=m["budget"], tokens_per_parameter=m["d_opt"] / m["n_opt"]) for m in iso["minima"]]
 
 
-def _plot(directory: str, out: dict, ladder_runs: list[dict], repeated: list[dict]) -> None:
+def _plot(directory: epath.Path, out: dict, ladder_runs: list[dict], repeated: list[dict]) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -178,7 +176,7 @@ def _plot(directory: str, out: dict, ladder_runs: list[dict], repeated: list[dic
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(directory, "isoflop.png"), dpi=100)
+    paths.save_png(fig, directory / "isoflop.png")
     plt.close(fig)
     if repeated:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -196,11 +194,11 @@ def _plot(directory: str, out: dict, ladder_runs: list[dict], repeated: list[dic
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(directory, "data_constrained.png"), dpi=100)
+        paths.save_png(fig, directory / "data_constrained.png")
         plt.close(fig)
 
 
-def plan(root: str, scale: str, ffn: str, budget: float, unique_tokens: float = 0.0) -> str:
+def plan(root: epath.PathLike, scale: str, ffn: str, budget: float, unique_tokens: float = 0.0) -> str:
     """The compute-optimal (N, D, epochs) and predicted loss for `budget`, diffusion vs AR, from the fits
     of `scale` (each law's bootstrap interval as the range of its N_opt power law)."""
     if budget <= 0:
@@ -211,13 +209,12 @@ def plan(root: str, scale: str, ffn: str, budget: float, unique_tokens: float = 
              "|---|---|---|---|---|"]
     found = 0
     for objective in ("diffusion", "ar"):
-        path = os.path.join(sweep_dir(root, scale, objective, ffn), "fit.json")
-        if not os.path.exists(path):
+        path = sweep_dir(root, scale, objective, ffn) / "fit.json"
+        if not path.exists():
             lines.append(f"| {objective} | no fit ({path} not found) | | | |")
             continue
         found += 1
-        with open(path) as f:
-            fitted = json.load(f)
+        fitted = json.loads(path.read_text())
         iso = fitted["isoflop"]
         n = iso["n_opt"]["k"] * budget ** iso["n_opt"]["exponent"]
         d = iso["d_opt"]["k"] * budget ** iso["d_opt"]["exponent"]

@@ -15,31 +15,31 @@ Dense layers of the MoE model (first_dense_layers) copy the dense FFN directly.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from openmoe2_jax.runtime import paths
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
 def load_dense_params(workdir: str) -> dict:
-    """The params of the latest checkpoint in a dense run's workdir, as numpy arrays."""
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    """The params of the latest checkpoint in a dense run's workdir (local or gs://), as numpy arrays."""
+    run = paths.absolute(workdir)
+    ckpt_dir = run / "checkpoints"
+    if not ckpt_dir.is_dir():
         raise CheckpointError(f"config.moe.upcycle_from = {workdir!r}: no checkpoints directory at "
                               f"{ckpt_dir} (expected the workdir of a finished dense run).")
-    config_path = os.path.join(os.path.abspath(workdir), "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            ffn = json.load(f).get("model", {}).get("ffn", "dense")
+    config_path = run / "config.json"
+    if config_path.exists():
+        ffn = json.loads(config_path.read_text()).get("model", {}).get("ffn", "dense")
         if ffn != "dense":
             raise CheckpointError(f"config.moe.upcycle_from = {workdir!r} is an MoE run "
                                   f"(model.ffn = {ffn!r}); upcycling starts from a dense run.")
     step = Checkpoints(ckpt_dir, None, False, read_only=True).latest_step()
     if step is None:
         raise CheckpointError(f"config.moe.upcycle_from = {workdir!r}: {ckpt_dir} holds no checkpoint.")
-    restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+    restored = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
     return restored["params"]
 
 
