@@ -98,6 +98,29 @@ def _moe_cfg(**kw):
     return MoEConfig(**d)
 
 
+@pytest.mark.parametrize("kind, capacity, plan_type, balance", [
+    ("ec", 0.0, routing.SlotPlan, "ec_balance_loss"),
+    ("tc", 1.5, routing.SlotPlan, "tc_balance_loss"),
+    ("tc", 0.0, routing.TokenPlan, "tc_balance_loss"),   # dropless
+])
+def test_route_returns_the_plan_to_dispatch_with_its_losses_and_statistics(kind, capacity, plan_type, balance):
+    cfg = _moe_cfg(routing=kind, tc_capacity_factor=capacity, z_loss=1e-3, tc_balance_loss=1e-2,
+                   ec_balance_loss=1e-2)
+    logits = jax.random.normal(jax.random.key(0), (2, 16, 4))
+    plan, shared_gate = routing.route(cfg, logits)
+    assert type(plan) is plan_type and shared_gate is None
+    # The weighted losses, each the coefficient times the independent formula.
+    assert sorted(plan.losses) == sorted([balance, "z_loss"])
+    np.testing.assert_allclose(plan.losses["z_loss"], 1e-3 * np.mean(
+        np.log(np.exp(np.asarray(logits)).sum(-1)) ** 2), rtol=1e-5)
+    assert {"experts_per_token_mean", "router_entropy", "zero_expert_fraction"} <= set(plan.stats)
+    assert ("tokens_per_expert_min" in plan.stats) == (plan_type is routing.SlotPlan)
+    # k = 2 of 4 experts, 16 tokens: EC gives every expert 8 tokens, i.e. 2 per token on average; TC
+    # gives every token 2, less what a capacity dropped.
+    dropped = float(plan.stats.get("dropped_fraction", 0.0))
+    np.testing.assert_allclose(plan.stats["experts_per_token_mean"], 2.0 * (1 - dropped), rtol=1e-6)
+
+
 @pytest.mark.parametrize("group", ["sequence", "batch"])
 def test_sequence_level_routing_is_independent_across_sequences(group):
     cfg = _moe_cfg(ec_group=group, num_groups=1)

@@ -146,57 +146,16 @@ class MoEFFN(nn.Module):
         w_router = layers.param_with_axes(self, "router", layers.normal_init(self.init_std),
                                           (d, n_router), ("embed", None), self.param_dtype)
         logits = jnp.einsum("gnd,de->gne", xg.astype(jnp.float32), w_router.astype(jnp.float32))
-        routed_logits = logits[..., :c.num_experts]
-        shared_logits = logits[..., c.num_experts:] if c.shared_gating == "router" else None
-
-        stats, losses, shared_gate = {}, {}, None
-        if c.routing == "ec":
-            capacity = routing.ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
-            plan, shared_gate = routing.expert_choice(
-                routed_logits, capacity, c.router, scaling=c.scaling, selectable=selectable,
-                shared_logits=shared_logits, topk_impl=c.topk_impl)
-            if c.ec_balance_loss:
-                losses["ec_balance_loss"] = c.ec_balance_loss * routing.ec_token_balance_loss(
-                    routed_logits, plan.experts_per_token, c.top_k)
+        plan, shared_gate = routing.route(c, logits, selectable)
+        if isinstance(plan, routing.SlotPlan):      # EC, TC with a capacity
             y = self._dispatch_combine(xg, plan)
-            n_t = plan.experts_per_token
-        else:
-            scale = c.scaling if c.scaling is not None else 1.0
-            expert, gate, shared_gate = routing.token_choice(routed_logits, c.top_k, c.router, scale,
-                                                             shared_logits)
-            if c.tc_balance_loss:
-                losses["tc_balance_loss"] = c.tc_balance_loss * routing.tc_load_balance_loss(
-                    routed_logits, expert, c.num_experts)
-            if c.tc_capacity_factor > 0:
-                capacity = routing.tc_capacity(N, c.num_experts, c.top_k, c.tc_capacity_factor)
-                plan, kept = routing.token_choice_slots(expert, gate, c.num_experts, capacity)
-                stats["dropped_fraction"] = 1.0 - kept.mean()
-                y = self._dispatch_combine(xg, plan)
-                n_t = plan.experts_per_token
-            else:
-                y = self._dropless(xg.reshape(G * N, d), expert.reshape(G * N, -1),
-                                   gate.reshape(G * N, -1)).reshape(G, N, d)
-                stats["dropped_fraction"] = jnp.zeros(())
-                n_t = jnp.full((G, N), c.top_k, jnp.int32)
-
-        if c.z_loss:
-            losses["z_loss"] = c.z_loss * routing.z_loss(logits)
+        else:                                       # dropless TC
+            y = self._dropless(xg.reshape(G * N, d), plan.expert.reshape(G * N, -1),
+                               plan.gate.reshape(G * N, -1)).reshape(G, N, d)
         y = y + self._shared(xg, shared_gate)
-
-        # Statistics of this layer (means over groups), for TensorBoard.
-        n_f = n_t.astype(jnp.float32)
-        stats.update(
-            experts_per_token_mean=n_f.mean(), experts_per_token_min=n_f.min(),
-            experts_per_token_max=n_f.max(), experts_per_token_std=n_f.std(),
-            zero_expert_fraction=(n_t == 0).mean(),
-            router_entropy=routing.router_entropy(routed_logits),
-        )
-        if c.routing == "ec" or c.tc_capacity_factor > 0:
-            per_expert = plan.used.sum(axis=2).astype(jnp.float32)          # [G, E]
-            stats.update(tokens_per_expert_min=per_expert.min(), tokens_per_expert_max=per_expert.max())
-        for k, v in {**stats, **losses}.items():
+        for k, v in {**plan.stats, **plan.losses}.items():
             self.sow("moe_stats", k, v)
-        for k, v in losses.items():
+        for k, v in plan.losses.items():
             self.sow("moe_losses", k, v)
         return y.reshape(B, S, d)
 

@@ -16,7 +16,8 @@ first the tokens' first choices, then second choices, each in token order, and d
 
 Both produce a `SlotPlan` (which token fills slot (e, c) and with which gate) that the MoE layer
 dispatches by gather and combines by scatter-add: memory O(G E C + G N E), linear in tokens, never
-a one-hot [tokens, experts, capacity] tensor. Dropless TC produces a `TokenPlan` instead.
+a one-hot [tokens, experts, capacity] tensor. Dropless TC produces a `TokenPlan` instead. `route`
+does the whole routing of a layer from its config, auxiliary losses and statistics included.
 """
 from __future__ import annotations
 
@@ -37,17 +38,76 @@ class SlotPlan(flax.struct.PyTreeNode):
     gate: [G, E, C] float32, its combine weight (0 for an unused slot).
     used: [G, E, C] bool, False for slots left empty (TC with capacity).
     experts_per_token: [G, N] int32, n_t.
+    losses: the weighted auxiliary losses of this routing (name -> scalar), filled in by `route`.
+    stats: routing statistics (name -> scalar), filled in by `route`.
     """
     token: jax.Array
     gate: jax.Array
     used: jax.Array
     experts_per_token: jax.Array
+    losses: dict = flax.struct.field(default_factory=dict)
+    stats: dict = flax.struct.field(default_factory=dict)
 
 
 class TokenPlan(flax.struct.PyTreeNode):
-    """Dropless token choice: expert [T, k] int32 and gate [T, k] float32 for each of T tokens."""
+    """Dropless token choice: expert [G, N, k] int32 and gate [G, N, k] float32 of every token; every
+    assignment is computed (no slots). losses / stats as in SlotPlan."""
     expert: jax.Array
     gate: jax.Array
+    losses: dict = flax.struct.field(default_factory=dict)
+    stats: dict = flax.struct.field(default_factory=dict)
+
+
+def route(cfg, logits, selectable=None):
+    """The whole routing of one MoE layer: (plan, shared_gate) from router logits.
+
+    cfg: the layer's MoEConfig (models/moe.py). logits: [G, N, E (+ S)] float32, the routed experts'
+    logits followed, with shared_gating = router, by the shared experts'. selectable: optional [G, N]
+    bool (False = padding). The plan is a SlotPlan (EC; TC with a capacity) or a TokenPlan (dropless
+    TC), carrying its weighted auxiliary losses (z-loss, balance losses) and its statistics, so the
+    layer only dispatches on the plan's type and records what the plan carries. shared_gate:
+    [G, N, S] or None (shared experts added with weight 1).
+    """
+    c = cfg
+    G, N, _ = logits.shape
+    routed = logits[..., :c.num_experts]
+    shared_logits = logits[..., c.num_experts:] if c.shared_gating == "router" else None
+    losses, stats = {}, {}
+    if c.routing == "ec":
+        capacity = ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
+        plan, shared_gate = expert_choice(routed, capacity, c.router, scaling=c.scaling, selectable=selectable,
+                                          shared_logits=shared_logits, topk_impl=c.topk_impl)
+        if c.ec_balance_loss:
+            losses["ec_balance_loss"] = c.ec_balance_loss * ec_token_balance_loss(
+                routed, plan.experts_per_token, c.top_k)
+        experts_per_token = plan.experts_per_token
+    else:
+        scale = c.scaling if c.scaling is not None else 1.0
+        expert, gate, shared_gate = token_choice(routed, c.top_k, c.router, scale, shared_logits)
+        if c.tc_balance_loss:
+            losses["tc_balance_loss"] = c.tc_balance_loss * tc_load_balance_loss(routed, expert, c.num_experts)
+        if c.tc_capacity_factor > 0:
+            capacity = tc_capacity(N, c.num_experts, c.top_k, c.tc_capacity_factor)
+            plan, kept = token_choice_slots(expert, gate, c.num_experts, capacity)
+            stats["dropped_fraction"] = 1.0 - kept.mean()
+            experts_per_token = plan.experts_per_token
+        else:
+            plan = TokenPlan(expert=expert, gate=gate)
+            stats["dropped_fraction"] = jnp.zeros(())
+            experts_per_token = jnp.full((G, N), c.top_k, jnp.int32)
+    if c.z_loss:
+        losses["z_loss"] = c.z_loss * z_loss(logits)
+    n_f = experts_per_token.astype(jnp.float32)
+    stats.update(
+        experts_per_token_mean=n_f.mean(), experts_per_token_min=n_f.min(),
+        experts_per_token_max=n_f.max(), experts_per_token_std=n_f.std(),
+        zero_expert_fraction=(experts_per_token == 0).mean(),
+        router_entropy=router_entropy(routed),
+    )
+    if isinstance(plan, SlotPlan):
+        per_expert = plan.used.sum(axis=2).astype(jnp.float32)          # [G, E]
+        stats.update(tokens_per_expert_min=per_expert.min(), tokens_per_expert_max=per_expert.max())
+    return plan.replace(losses=losses, stats=stats), shared_gate
 
 
 def ec_capacity(tokens_per_group: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
