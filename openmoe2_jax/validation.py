@@ -99,7 +99,7 @@ FIELDS: dict[str, Check] = {
     "moe.shared_gating": one_of("none", "router"),
     "moe.top_k": positive_int,
     "moe.ec_group": one_of("batch", "sequence"),
-    "moe.num_groups": nonneg_int,
+    "moe.group_tokens": nonneg_int,
     "moe.ec_capacity_factor": number(0, lo_open=True),
     "moe.tc_capacity_factor": number(0),
     "moe.router": one_of("softmax", "sigmoid", "pre_softmax"),
@@ -265,9 +265,13 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
         if m.ffn == "moe" and moe.num_experts % shape["expert"]:
             raise ConfigError(f"config.moe.num_experts = {moe.num_experts} is not divisible by the "
                               f"mesh's expert axis ({shape['expert']}).")
-        if m.ffn == "moe" and moe.num_groups and moe.num_groups % batch_shards:
-            raise ConfigError(f"config.moe.num_groups = {moe.num_groups} is not a multiple of the "
-                              f"{batch_shards} batch shards of the mesh; use 0 for one group per shard.")
+        replica = config.train.batch_size * config.data.seq_len // batch_shards
+        if m.ffn == "moe" and moe.group_tokens and replica % moe.group_tokens and moe.group_tokens % replica:
+            raise ConfigError(
+                f"config.moe.group_tokens = {moe.group_tokens} neither divides nor is a multiple of the "
+                f"{replica} tokens a batch shard holds (batch_size x seq_len / {batch_shards} shards of "
+                f"data x fsdp x expert): a routing group must lie within one shard or span whole shards; "
+                "use 0 for one group per shard.")
 
 
 def _validate_moe(config) -> None:
@@ -300,6 +304,6 @@ def _validate_moe(config) -> None:
         raise ConfigError(f"config.moe.first_dense_layers = {moe.first_dense_layers} exceeds "
                           f"config.model.num_layers = {m.num_layers}.")
     tokens = config.train.batch_size * config.data.seq_len
-    if moe.num_groups and tokens % moe.num_groups:
-        raise ConfigError(f"config.moe.num_groups = {moe.num_groups} does not split the batch's "
-                          f"{tokens} tokens into equal groups.")
+    if moe.group_tokens and tokens % moe.group_tokens:
+        raise ConfigError(f"config.moe.group_tokens = {moe.group_tokens} does not split the step's "
+                          f"{tokens} tokens (batch_size x seq_len) into equal routing groups.")

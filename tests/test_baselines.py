@@ -1,5 +1,4 @@
 """Compressor baselines: the extra bits a text costs after a context, against independent tools."""
-import os
 import random
 import shutil
 import subprocess

@@ -1,5 +1,6 @@
 """Checkpoints: damaged ones are set aside with a warning, and a state restores onto another mesh; their
 directory, local or gs://, as orbax is given it."""
+import json
 import os
 
 import flax.linen as nn
@@ -100,3 +101,21 @@ def test_workdir_paths_keep_a_bucket_url_and_make_a_local_path_absolute(tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(checkpoint.CheckpointError, match="exists and is not a directory"):
         checkpoint.Checkpoints("file", keep=1, async_save=False)
+
+
+@pytest.mark.parametrize("num_groups,group_tokens", [(4, 8 * 32 // 4), (0, 0)])
+def test_a_config_json_with_old_field_names_loads_under_the_new_ones(config, tmp_path, num_groups, group_tokens):
+    """moe.num_groups (groups per step; 0 = one per batch shard), saved by older versions, is read as
+    moe.group_tokens (tokens per group; 0 = one batch shard's tokens); an unknown field is refused."""
+    from openmoe2_jax.runtime import restore  # pylint: disable=import-outside-toplevel
+    saved = config.to_dict()
+    del saved["moe"]["group_tokens"]
+    saved["moe"]["num_groups"] = num_groups
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = restore.load_config(tmp_path)
+    assert loaded.moe.group_tokens == group_tokens and "num_groups" not in loaded.moe
+    assert loaded.model.d_model == config.model.d_model
+    saved["moe"]["no_such_field"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(checkpoint.CheckpointError, match="config.moe.no_such_field, which this version does not know"):
+        restore.load_config(tmp_path)

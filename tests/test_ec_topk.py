@@ -80,7 +80,7 @@ def test_kernel_inside_the_sharded_moe_step(config):
     same loss and parameters as the XLA top-k."""
     from tests.test_sharding import one_step
     config.objective.random_length_prob = 0.0
-    config.moe.update(num_groups=8)
+    config.moe.update(group_tokens=32)
     config.mesh.update(data=2, fsdp=1, expert=4, tensor=1)
     batch = np.asarray(jax.random.randint(jax.random.key(0), (8, 32), 0, 100000), np.int32)
     config.moe.topk_impl = "xla"

@@ -285,7 +285,7 @@ def test_scaling_factor_rule_reproduces_the_published_values():
 
 def test_scaling_table_is_applied_by_experts_per_token(config):
     config.moe.scaling_factors = True
-    cfg = resolve_moe(config.moe, 1)
+    cfg = resolve_moe(config.moe, 256, 1)
     assert len(cfg.scaling) == config.moe.num_experts + 1 and cfg.scaling[1] == pytest.approx(math.sqrt(2), rel=0.02)
     logits = jax.random.normal(jax.random.key(0), (1, 16, 4))
     plain, _ = routing.expert_choice(logits, 8, "softmax")
@@ -361,7 +361,7 @@ def test_moe_step_temporary_memory_grows_linearly_in_tokens(config, routing_kind
     from openmoe2_jax.runtime import optimizer, state as state_lib
     from openmoe2_jax.train import step as step_lib
     config.model.vocab_size = 0
-    config.moe.update(routing=routing_kind, num_groups=1)
+    config.moe.update(routing=routing_kind)  # one device: one routing group of the whole batch
     temps = []
     for batch in (8, 16, 32):
         model = Transformer(ModelConfig.from_config(config, 1000 - 1))  # small vocab: MoE dominates

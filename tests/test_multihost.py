@@ -17,7 +17,7 @@ ARGS = ["--config.model.num_layers=2", "--config.model.d_model=32", "--config.mo
         "--config.objective.random_length_buckets=(8,16)", "--config.train.steps=4",
         "--config.train.warmup_steps=1", "--config.eval.every_steps=0", "--config.eval.num_batches=2",
         "--config.eval.compressors=()", "--config.checkpoint.every_steps=2", "--config.log_every_steps=1",
-        "--config.moe.num_groups=2"]
+        "--config.moe.group_tokens=128"]
 
 
 def _free_port():

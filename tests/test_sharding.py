@@ -14,9 +14,9 @@ from openmoe2_jax.train import loop
 def one_step(config, devices, batch):
     """(loss, updated params as numpy, state) after one train step on a mesh over `devices`."""
     tok = get_tokenizer()
-    model = Transformer(ModelConfig.from_config(config, tok.num_ids))
-    tx = optimizer.make(config.train)
     mesh = sharding.make_mesh(config.mesh, devices)
+    model = Transformer(ModelConfig.from_config(config, tok.num_ids, sharding.batch_shards(mesh)))
+    tx = optimizer.make(config.train)
     init = state_lib.init_fn(model, tx, config.seed, config.train.batch_size, config.data.seq_len)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         _, shardings = state_lib.abstract_state(init, mesh)
@@ -36,10 +36,10 @@ def batch(config):
 @pytest.mark.parametrize("ffn,routing", [("dense", "ec"), ("moe", "ec"), ("moe", "tc")])
 def test_data4_expert2_step_equals_single_device(config, batch, ffn, routing):
     """Expert-parallel equivalence: loss and updated parameters (so gradients) match one device.
-    Batch-level EC groups are fixed (8) so both runs route identically."""
+    Batch-level EC groups are fixed (8 of 32 tokens) so both runs route identically."""
     config.objective.random_length_prob = 0.0
     config.model.ffn = ffn
-    config.moe.update(routing=routing, num_groups=8, tc_capacity_factor=1.5 if routing == "tc" else 0.0)
+    config.moe.update(routing=routing, group_tokens=32, tc_capacity_factor=1.5 if routing == "tc" else 0.0)
     single = config.copy_and_resolve_references()
     single.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
     loss1, params1, _ = one_step(single, jax.devices()[:1], batch)
@@ -55,6 +55,25 @@ def test_data4_expert2_step_equals_single_device(config, batch, ffn, routing):
         w = state8.params["layer_0"]["moe"]["w_gate"]
         assert tuple(w.sharding.spec)[0] == "expert"
         assert w.addressable_shards[0].data.shape[0] == config.moe.num_experts // experts_axis
+
+
+@pytest.mark.parametrize("group_tokens", [256, 64])
+def test_routing_groups_spanning_batch_shards_equal_single_device(config, batch, group_tokens):
+    """Batch-level EC over groups larger than a shard's 32 tokens -- the whole step (256: exact
+    batch-level EC over the global batch) or 64 (each group on 2 of the 8 shards) -- on (data 2, fsdp 2,
+    expert 2): the same loss and updated parameters as one device routing the same groups."""
+    config.objective.random_length_prob = 0.0
+    config.moe.update(routing="ec", group_tokens=group_tokens)
+    single = config.copy_and_resolve_references()
+    single.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
+    loss1, params1, _ = one_step(single, jax.devices()[:1], batch)
+    config.mesh.update(data=2, fsdp=2, expert=2, tensor=1)
+    groups = ModelConfig.from_config(config, get_tokenizer().num_ids, 8).moe
+    assert groups.num_groups == 256 // group_tokens and groups.group_spans_shards
+    loss8, params8, state8 = one_step(config, jax.devices(), batch)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params8, params1)
+    assert state8.params["layer_0"]["moe"]["w_gate"].addressable_shards[0].data.shape[0] == 2  # 4 experts / 2
 
 
 def test_parameters_are_sharded_as_the_rules_say(config, batch):

@@ -45,7 +45,9 @@ def get_config(arg=None):
                                    # get router logits and share the gate normalisation
         top_k=6,                   # k: TC experts per token; EC capacity C = N k cf / E (same FLOPs)
         ec_group="batch",          # batch (tokens of one data-parallel replica) | sequence
-        num_groups=0,              # batch-level EC groups per step; 0 = one per batch shard of the mesh
+        group_tokens=0,            # batch-level routing (EC, TC with a capacity): tokens routed together,
+                                   # the model's function; 0 = one data-parallel replica's tokens
+                                   # (batch x seq / (data x fsdp x expert)); up to the whole step
         ec_capacity_factor=1.0,
         tc_capacity_factor=0.0,    # 0 = dropless token choice; > 0 = capacity with dropping
         router="softmax",          # softmax (post-softmax) | sigmoid | pre_softmax (EC only)

@@ -72,7 +72,7 @@ def trained_group_size(trained: restore.TrainedParams, workdir: str, given: int 
                        argument: str = "--tokens_per_group") -> int | None:
     """The tokens of one routing group `trained`'s run routed (batch-level EC, TC with a capacity):
     `given` if nonzero (it must agree with the record; named `argument` in errors), else the
-    checkpoint's routing record, else from config.moe.num_groups (only checkpoints written before
+    checkpoint's routing record, else config.moe.group_tokens (only checkpoints written before
     routing was recorded need `given`). None for models whose routing does not depend on the grouping."""
     recorded = (trained.routing or {}).get("tokens_per_group")
     if given and recorded and given != recorded:
@@ -81,12 +81,11 @@ def trained_group_size(trained: restore.TrainedParams, workdir: str, given: int 
     config, moe = trained.config, trained.model_cfg.moe
     if moe is None or layout.routing_level(moe) != "batch":
         return None
-    step_tokens, groups = config.train.batch_size * config.data.seq_len, config.moe.num_groups
-    size = given or recorded or (step_tokens // groups if groups else 0)
+    size = given or recorded or config.moe.group_tokens
     if not size:
         raise ExportError(
             f"the checkpoint of {workdir} does not record its routing groups (written before they were "
-            f"recorded) and config.moe.num_groups = 0: pass {argument}=N, the tokens of one routing "
+            f"recorded) and config.moe.group_tokens = 0: pass {argument}=N, the tokens of one routing "
             "group in training (batch_size x seq_len / data-parallel replicas).")
     return size
 

@@ -2,15 +2,25 @@
 experts -> sum. Routing decisions come from `routing.py`; this module only dispatches and combines.
 
 Dispatch and expert parallelism. Tokens [B, S, d] are regrouped into G routing groups [G, N, d]
-(batch-level EC: G = config.moe.num_groups, by default one group per batch shard of the mesh, i.e. the
-tokens one data-parallel replica holds, as in the original; sequence-level EC: G = B). Routing runs
-where the group lives (groups sharded over data x fsdp x expert). Dispatch gathers each expert's C
-tokens into [G, E, C, d] locally, then a sharding constraint moves the expert axis onto the mesh axis
-`expert` (groups stay on data x fsdp): XLA turns that reshard into one all-to-all over `expert`. Each
-device runs its experts on [G/(data*fsdp), E/expert, C, d] with its shard of the expert weights
-[E/expert, d, f]; a second constraint sends results back (the reverse all-to-all) and a local
-scatter-add combines them. We use sharding constraints rather than shard_map so the same code runs
-unchanged on any mesh, including one device.
+of N consecutive tokens of the flattened batch (batch-level routing: N = config.moe.group_tokens, by
+default the tokens one data-parallel replica holds, as in the original; sequence-level EC: N = S).
+When every group lies on one batch shard (G a multiple of the batch shards), routing runs where the
+group lives (groups sharded over data x fsdp x expert). Dispatch gathers each expert's C tokens into
+[G, E, C, d] locally, then a sharding constraint moves the expert axis onto the mesh axis `expert`
+(groups stay on data x fsdp): XLA turns that reshard into one all-to-all over `expert`. Each device runs
+its experts on [G/(data*fsdp), E/expert, C, d] with its shard of the expert weights [E/expert, d, f]; a
+second constraint sends results back (the reverse all-to-all) and a local scatter-add combines them.
+
+A group may span several batch shards (`MoEConfig.group_spans_shards`; up to the whole global batch,
+exact batch-level EC over every token of the step). Then the group axis is left to XLA and the slots
+are laid out [G, E over `expert`, C over data x fsdp, d]: choosing an expert's top C of N tokens needs
+the group's router scores from every shard it spans (an all-gather of [N, E] float32 per layer), the
+dispatch gathers the chosen tokens' activations from those shards, and the combine sums each token's
+expert outputs back across them (a reduce-scatter of [N, d]) -- collectives over the group's shards
+instead of one all-to-all over `expert`.
+
+We use sharding constraints rather than shard_map so the same code runs unchanged on any mesh,
+including one device.
 
 Dropless token choice sorts all assignments by expert and runs a grouped matmul: `jax.lax.ragged_dot`
 on TPU (`moe.tc_dropless_impl = ragged`), which XLA lowers natively there; elsewhere (`blocked`) each
@@ -44,7 +54,7 @@ class MoEConfig:
     top_k: int
     routing: str                  # ec | tc
     ec_group: str                 # batch | sequence
-    num_groups: int               # batch-level EC groups (resolved against the mesh)
+    num_groups: int               # batch-level routing groups per forward pass (of group_tokens each)
     ec_capacity_factor: float
     tc_capacity_factor: float     # 0 = dropless
     router: str                   # softmax | sigmoid | pre_softmax
@@ -54,6 +64,7 @@ class MoEConfig:
     scaling: tuple | float | None  # EC: table indexed by n_t; TC: a constant; None = off
     topk_impl: str
     tc_dropless_impl: str = "auto"  # ragged | blocked | auto (ragged on TPU, blocked elsewhere)
+    group_spans_shards: bool = False  # a routing group's tokens lie on several batch shards
 
 
 BLOCK = 64  # rows per block of the blocked grouped matmul
@@ -118,8 +129,7 @@ class MoEFFN(nn.Module):
         w_gate, w_up, w_down = self._expert_weights(x.shape[-1])
         gate = jnp.einsum("gecd,edf->gecf", x, w_gate)
         up = jnp.einsum("gecd,edf->gecf", x, w_up)
-        h = nn.with_logical_constraint(jax.nn.silu(gate) * up,
-                                       ("activation_group", "activation_exp", None, "activation_mlp"))
+        h = nn.with_logical_constraint(jax.nn.silu(gate) * up, self._slot_axes("activation_mlp"))
         return jnp.einsum("gecf,efd->gecd", h, w_down)
 
     def _experts_grouped(self, x_sorted, group_sizes):
@@ -139,7 +149,9 @@ class MoEFFN(nn.Module):
         G = B if (c.routing == "ec" and c.ec_group == "sequence") else c.num_groups
         N = B * S // G
         x = x.astype(self.dtype)
-        xg = nn.with_logical_constraint(x.reshape(G, N, d), ("activation_batch", None, "activation_embed"))
+        xg = x.reshape(G, N, d)
+        if not self._spans():      # each group on one batch shard; else XLA keeps x's layout
+            xg = nn.with_logical_constraint(xg, ("activation_batch", None, "activation_embed"))
         selectable = None if valid is None else valid.reshape(G, N)
 
         n_router = c.num_experts + (c.num_shared if c.shared_gating == "router" else 0)
@@ -159,16 +171,29 @@ class MoEFFN(nn.Module):
             self.sow("moe_losses", k, v)
         return y.reshape(B, S, d)
 
+    def _spans(self) -> bool:
+        c = self.cfg
+        return c.group_spans_shards and not (c.routing == "ec" and c.ec_group == "sequence")
+
+    def _slot_axes(self, last: str) -> tuple:
+        """Logical axes of the slot layout [G, E, C, last]: experts over `expert`, and groups over the
+        rest of the batch shards -- or, when a group spans shards, its slots (C) over them."""
+        if self._spans():
+            return (None, "activation_exp", "activation_group", last)
+        return ("activation_group", "activation_exp", None, last)
+
     def _dispatch_combine(self, xg, plan: routing.SlotPlan):
         """Gather slots, run experts (expert-parallel), scatter-add gated outputs back to tokens."""
         G, N, d = xg.shape
         slots = jax.vmap(lambda x, t: x[t])(xg, plan.token)                        # [G, E, C, d]
-        slots = nn.with_logical_constraint(slots, ("activation_batch", None, None, "activation_embed"))
-        slots = nn.with_logical_constraint(slots, ("activation_group", "activation_exp", None, "activation_embed"))
+        if not self._spans():      # gathered where the group lives, then one all-to-all over `expert`
+            slots = nn.with_logical_constraint(slots, ("activation_batch", None, None, "activation_embed"))
+        slots = nn.with_logical_constraint(slots, self._slot_axes("activation_embed"))
         out = self._experts(slots)
         out = out * jnp.where(plan.used, plan.gate, 0.0)[..., None].astype(out.dtype)
-        out = nn.with_logical_constraint(out, ("activation_group", "activation_exp", None, "activation_embed"))
-        out = nn.with_logical_constraint(out, ("activation_batch", None, None, "activation_embed"))
+        out = nn.with_logical_constraint(out, self._slot_axes("activation_embed"))
+        if not self._spans():
+            out = nn.with_logical_constraint(out, ("activation_batch", None, None, "activation_embed"))
         combine = lambda t, o: jnp.zeros((N, d), o.dtype).at[t.reshape(-1)].add(o.reshape(-1, d))
         return jax.vmap(combine)(plan.token, out)                                    # [G, N, d]
 

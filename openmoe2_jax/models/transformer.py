@@ -55,7 +55,7 @@ class ModelConfig:
     @classmethod
     def from_config(cls, config, tokenizer_num_ids: int, batch_shards: int = 1) -> "ModelConfig":
         """Resolves `config` (validated). batch_shards: data x fsdp x expert of the mesh, which sets the
-        default number of batch-level EC groups (one per data-parallel replica)."""
+        default routing group (one data-parallel replica's tokens) and whether a group spans shards."""
         m = config.model
         min_vocab = tokenizer_num_ids + 1  # + the mask id
         padded = -(-min_vocab // m.vocab_multiple) * m.vocab_multiple
@@ -69,14 +69,26 @@ class ModelConfig:
                    rope_theta=m.rope_theta, norm_eps=m.norm_eps, qk_norm=m.qk_norm,
                    init_std=m.init_std, causal=config.objective.kind == "ar",
                    dtype=m.dtype, param_dtype=m.param_dtype,
-                   moe=resolve_moe(config.moe, batch_shards) if m.ffn == "moe" else None,
+                   moe=resolve_moe(config.moe, step_tokens(config), batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
                    dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
                    remat=m.remat)
 
 
-def resolve_moe(moe, batch_shards: int) -> MoEConfig:
-    """config.moe -> MoEConfig: placeholders filled, scaling factors computed (never hard-coded)."""
+def step_tokens(config) -> int:
+    """Tokens of one training step: batch_size x seq_len."""
+    return config.train.batch_size * config.data.seq_len
+
+
+def group_tokens(moe, tokens: int, batch_shards: int) -> int:
+    """N, the tokens routed together by batch-level routing: config.moe.group_tokens, or (0) the
+    `tokens` of a step split over its `batch_shards` data-parallel replicas."""
+    return moe.group_tokens or tokens // batch_shards
+
+
+def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
+    """config.moe -> MoEConfig for steps of `tokens` tokens over `batch_shards` batch shards:
+    placeholders filled, scaling factors computed (never hard-coded)."""
     scaling = None
     if moe.scaling_factors:
         if moe.routing == "ec":
@@ -84,13 +96,15 @@ def resolve_moe(moe, batch_shards: int) -> MoEConfig:
         else:
             scaling = routing.scaling_factor_tc(moe.num_experts, moe.num_shared_experts, moe.top_k,
                                                 moe.router)
+    groups = tokens // group_tokens(moe, tokens, batch_shards)
     return MoEConfig(
         num_experts=moe.num_experts, num_shared=moe.num_shared_experts,
         expert_mlp_dim=moe.expert_mlp_dim,
         shared_mlp_dim=(moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim)
         if moe.num_shared_experts else 0,
         shared_gating=moe.shared_gating, top_k=moe.top_k, routing=moe.routing, ec_group=moe.ec_group,
-        num_groups=moe.num_groups or batch_shards, ec_capacity_factor=moe.ec_capacity_factor,
+        num_groups=groups, group_spans_shards=groups % batch_shards != 0,
+        ec_capacity_factor=moe.ec_capacity_factor,
         tc_capacity_factor=moe.tc_capacity_factor, router=moe.router, z_loss=moe.z_loss,
         tc_balance_loss=moe.tc_balance_loss if moe.routing == "tc" else 0.0,
         ec_balance_loss=moe.ec_balance_loss if moe.routing == "ec" else 0.0,

@@ -45,7 +45,7 @@ class Trained:
     def model(self, rows: int, seq_len: int) -> Transformer:
         """The model for batches of rows x seq_len tokens, routed in the run's own groups."""
         groups = routing_groups(self.routing, rows * seq_len, f"a batch of {rows} rows x {seq_len} tokens")
-        return Transformer(with_groups(self.model_cfg, groups))
+        return Transformer(with_groups(self.model_cfg, groups, sharding.batch_shards(self.mesh)))
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class TrainedParams:
     """A checkpoint's parameters alone, on the host (load_params)."""
     config: ml_collections.ConfigDict
     tokenizer: Tokenizer
-    model_cfg: ModelConfig     # num_groups: the groups of the run's training step (routing record)
+    model_cfg: ModelConfig     # moe.num_groups: the groups of the run's training step (routing record)
     params: dict               # nested dict of NumPy arrays, in config.model.param_dtype
     step: int
     routing: dict | None       # the checkpoint's routing_record: {groups, tokens_per_group} or None
@@ -65,6 +65,28 @@ def _to_tuples(value):
     if isinstance(value, list):
         return tuple(value)
     return value
+
+
+def _group_tokens(saved: dict) -> int:
+    """moe.num_groups (groups per step; 0 = one per batch shard) as moe.group_tokens."""
+    groups = saved["moe"].pop("num_groups")
+    return saved["train"]["batch_size"] * saved["data"]["seq_len"] // groups if groups else 0
+
+
+# Fields renamed since a run may have saved its config.json: new dotted name -> its value from the old
+# saved config (which the function edits, removing the old field).
+RENAMED = {
+    "moe.group_tokens": (lambda saved: "num_groups" in saved.get("moe", {}), _group_tokens),
+}
+
+
+def upgrade(saved: dict) -> dict:
+    """A saved config (plain data) with every renamed field under its current name."""
+    for name, (present, value) in RENAMED.items():
+        if present(saved):
+            section, key = name.split(".")
+            saved[section][key] = value(saved)
+    return saved
 
 
 def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
@@ -79,12 +101,13 @@ def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> No
 
 
 def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The run's config.json over the current defaults (fields added since the run take defaults)."""
+    """The run's config.json over the current defaults (fields added since the run take defaults,
+    renamed ones are read under their new names: RENAMED)."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise CheckpointError(f"--workdir={os.fspath(workdir)!r} has no config.json: not a training workdir.")
     try:
-        saved = _to_tuples(json.loads(path.read_text()))
+        saved = upgrade(_to_tuples(json.loads(path.read_text())))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from e
     config = base.get_config()
@@ -128,21 +151,24 @@ def routing_groups(routing: dict | None, tokens: int, what: str) -> int:
     return tokens // per_group
 
 
-def with_groups(model_cfg: ModelConfig, groups: int) -> ModelConfig:
-    """`model_cfg` routing `groups` batch-level groups per forward pass (a dense model: unchanged)."""
+def with_groups(model_cfg: ModelConfig, groups: int, batch_shards: int = 1) -> ModelConfig:
+    """`model_cfg` routing `groups` batch-level groups per forward pass of a batch split over
+    `batch_shards` shards (a dense model: unchanged)."""
     if model_cfg.moe is None:
         return model_cfg
-    return dataclasses.replace(model_cfg, moe=dataclasses.replace(model_cfg.moe, num_groups=groups))
+    return dataclasses.replace(model_cfg, moe=dataclasses.replace(
+        model_cfg.moe, num_groups=groups, group_spans_shards=groups % batch_shards != 0))
 
 
 def _routing(checkpoints, step: int, config, model_cfg: ModelConfig) -> dict | None:
     """The checkpoint's routing record; for a grouped model saved before records existed, the groups
-    config.moe.num_groups gives (0 read as 1: one group per training step)."""
+    config.moe.group_tokens gives (0 read as the whole step: such runs trained on one device)."""
     recorded = checkpoints.recorded_routing(step)
     if recorded is not None:
         return recorded
-    return checkpoint.routing_record(with_groups(model_cfg, config.moe.num_groups or 1),
-                                     config.train.batch_size, config.data.seq_len)
+    tokens = config.train.batch_size * config.data.seq_len
+    groups = tokens // config.moe.group_tokens if config.moe.group_tokens else 1
+    return checkpoint.routing_record(with_groups(model_cfg, groups), config.train.batch_size, config.data.seq_len)
 
 
 def load(workdir: epath.PathLike, step: int | None = None, mesh_config: dict | None = None, devices=None) -> Trained:
