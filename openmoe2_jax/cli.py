@@ -8,6 +8,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from openmoe2_jax import errors
+from openmoe2_jax.configs import renames
 
 
 # Warnings that tell a user nothing: orbax announces every read-only checkpoint manager (eval, sample,
@@ -124,6 +125,9 @@ def _unknown_field(keys: list[str], error: Exception) -> str:
         parts = key.split(".")
         if name in parts[1:]:
             parent = ".".join(parts[:parts.index(name, 1)])
+            renamed = renames.new_name(".".join(parts[1:parts.index(name, 1) + 1]))
+            if renamed:
+                return f"--{key}: the field {name!r} is now config.{renamed}; use --config.{renamed}=..."
             return (f"--{key}: {parent} has no field {name!r}.{' ' + hint[0] if hint else ''} "
                     "Every field is defined in openmoe2_jax/configs/base.py.")
     return f"cannot apply the config overrides {', '.join('--' + k for k in keys)}: {text}"

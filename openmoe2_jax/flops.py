@@ -9,6 +9,7 @@ parameters (router and head included, the embedding lookup not) + 12 x layers x 
 """
 from __future__ import annotations
 
+from openmoe2_jax.configs import resolve
 from openmoe2_jax.data import tokenizer
 from openmoe2_jax.models.transformer import ModelConfig
 
@@ -24,8 +25,7 @@ def moe_layer_params(cfg: ModelConfig) -> tuple[int, int]:
     routed = 3 * d * m.expert_mlp_dim * m.num_experts
     shared = 3 * d * m.shared_mlp_dim
     router = d * (m.num_experts + (m.num_shared if m.shared_gating == "router" else 0))
-    active = router + shared + 3 * d * m.expert_mlp_dim * m.top_k * (
-        m.ec_capacity_factor if m.routing == "ec" else 1)
+    active = router + shared + 3 * d * m.expert_mlp_dim * resolve.experts_per_token(m)
     return routed + shared + router, int(round(active))
 
 
@@ -71,27 +71,10 @@ def model_config(config, num_ids: int | None = None) -> ModelConfig:
     return ModelConfig.from_config(config, num_ids or tokenizer.num_ids_of(config.data.tokenizer))
 
 
-def dense_ffn_width_flops_matched(config) -> int:
-    """The dense FFN width with the MoE layer's per-token FFN FLOPs: (k cf + shared) experts' width."""
-    moe = config.moe
-    routed = moe.top_k * (moe.ec_capacity_factor if moe.routing == "ec" else 1.0)
-    shared = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
-    return int(round(routed * moe.expert_mlp_dim + shared))
-
-
-def dense_ffn_width_params_matched(config) -> int:
-    """The dense FFN width with the MoE layer's total parameters (routed + shared + router)."""
-    moe, d = config.moe, config.model.d_model
-    shared = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
-    router = d * (moe.num_experts + (moe.num_shared_experts if moe.shared_gating == "router" else 0))
-    return int(round((3 * d * (moe.num_experts * moe.expert_mlp_dim + shared) + router) / (3 * d)))
-
-
 def matched_dense(config, match: str):
     """A dense config with the MoE config's active FLOPs (match='flops') or total params ('params')."""
     out = config.copy_and_resolve_references()
-    width = dense_ffn_width_flops_matched(config) if match == "flops" else dense_ffn_width_params_matched(config)
-    out.model.update(ffn="dense", mlp_dim=width)
+    out.model.update(ffn="dense", mlp_dim=resolve.dense_mlp_dim_matched(config, match))
     return out
 
 

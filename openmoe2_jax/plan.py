@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from openmoe2_jax import flops
+from openmoe2_jax.configs import resolve
 from openmoe2_jax.parallel import sharding
 
 
@@ -101,7 +102,7 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     total, per_chip = sharded_param_count(leaves or param_leaves(config), mesh)
     state_bytes = per_chip * 16
     batch_shards = mesh["data"] * mesh["fsdp"] * mesh["expert"]
-    tokens = config.train.batch_size * config.data.seq_len
+    tokens = resolve.step_tokens(config)
     tokens_chip = tokens / batch_shards
     s, d, L, a = config.data.seq_len, m.d_model, m.num_layers, m.num_heads
     transient = 8 * a * s * tokens_chip / mesh["tensor"]   # one layer's fp32 scores + probabilities
@@ -110,7 +111,7 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     flops_step = flops.train_flops_per_token(flops.model_config(config), s) * tokens
     compute_s = flops_step / (chips * chip.bf16_flops)
     moe_layers = (L - config.moe.first_dense_layers) if m.ffn == "moe" else 0
-    k_eff = config.moe.top_k * (config.moe.ec_capacity_factor if config.moe.routing == "ec" else 1.0)
+    k_eff = resolve.experts_per_token(config.moe)
     a2a_bytes_step = 4 * moe_layers * tokens * k_eff * d * 2 * (mesh["expert"] - 1) / mesh["expert"]
     a2a_s = a2a_bytes_step / chips / chip.ici_bandwidth
     replicated = per_chip  # parameters each data replica holds and must all-reduce

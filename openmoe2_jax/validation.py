@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from openmoe2_jax.configs import resolve
 from openmoe2_jax.data import tokenizer
 from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.kernels import ec_topk
@@ -102,8 +103,8 @@ FIELDS: dict[str, Check] = {
     "moe.group_tokens": nonneg_int,
     "moe.ec_capacity_factor": number(0, lo_open=True),
     "moe.tc_capacity_factor": number(0),
-    "moe.router": one_of("softmax", "sigmoid", "pre_softmax"),
-    "moe.z_loss": number(0),
+    "moe.gate": one_of("softmax", "sigmoid", "pre_softmax"),
+    "moe.z_loss_coef": number(0),
     "moe.tc_balance_loss": number(0),
     "moe.ec_balance_loss": number(0),
     "moe.scaling_factors": boolean,
@@ -220,7 +221,7 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
         raise ConfigError(
             f"config.model.num_heads = {m.num_heads} does not divide config.model.d_model = "
             f"{m.d_model}; choose heads that divide the width or set config.model.head_dim.")
-    head_dim = m.head_dim or m.d_model // m.num_heads
+    head_dim = resolve.head_dim(m)
     if head_dim % 2:
         raise ConfigError(f"config.model: head_dim = {head_dim} (d_model / num_heads, or "
                           "config.model.head_dim) must be even for rotary position embeddings.")
@@ -265,7 +266,7 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
         if m.ffn == "moe" and moe.num_experts % shape["expert"]:
             raise ConfigError(f"config.moe.num_experts = {moe.num_experts} is not divisible by the "
                               f"mesh's expert axis ({shape['expert']}).")
-        replica = config.train.batch_size * config.data.seq_len // batch_shards
+        replica = resolve.step_tokens(config) // batch_shards
         if m.ffn == "moe" and moe.group_tokens and replica % moe.group_tokens and moe.group_tokens % replica:
             raise ConfigError(
                 f"config.moe.group_tokens = {moe.group_tokens} neither divides nor is a multiple of the "
@@ -285,25 +286,25 @@ def _validate_moe(config) -> None:
     if moe.top_k > moe.num_experts:
         raise ConfigError(f"config.moe.top_k = {moe.top_k} exceeds config.moe.num_experts = "
                           f"{moe.num_experts}.")
-    if moe.routing == "tc" and moe.router == "pre_softmax":
-        raise ConfigError("config.moe.router = 'pre_softmax' is an expert-choice gate; token choice "
+    if moe.routing == "tc" and moe.gate == "pre_softmax":
+        raise ConfigError("config.moe.gate = 'pre_softmax' is an expert-choice gate; token choice "
                           "takes softmax or sigmoid.")
-    if moe.routing == "tc" and moe.router == "softmax" and moe.top_k == 1 and moe.shared_gating == "none":
+    if moe.routing == "tc" and moe.gate == "softmax" and moe.top_k == 1 and moe.shared_gating == "none":
         raise ConfigError("config.moe.top_k = 1 with a post-softmax token-choice router gives every "
                           "gate exactly 1 (the router gets no gradient); use top_k >= 2 or sigmoid.")
     if moe.shared_gating == "router":
         if moe.num_shared_experts == 0:
             raise ConfigError("config.moe.shared_gating = 'router' needs config.moe.num_shared_experts > 0.")
-        width = moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim
+        width = resolve.shared_mlp_dim(moe)
         if width % moe.num_shared_experts:
             raise ConfigError(f"config.moe.shared_mlp_dim = {width} is not divisible by "
                               f"config.moe.num_shared_experts = {moe.num_shared_experts}.")
-    if moe.scaling_factors and moe.router == "pre_softmax":
+    if moe.scaling_factors and moe.gate == "pre_softmax":
         raise ConfigError("config.moe.scaling_factors is defined for post-softmax and sigmoid routers.")
     if moe.first_dense_layers > m.num_layers:
         raise ConfigError(f"config.moe.first_dense_layers = {moe.first_dense_layers} exceeds "
                           f"config.model.num_layers = {m.num_layers}.")
-    tokens = config.train.batch_size * config.data.seq_len
+    tokens = resolve.step_tokens(config)
     if moe.group_tokens and tokens % moe.group_tokens:
         raise ConfigError(f"config.moe.group_tokens = {moe.group_tokens} does not split the step's "
                           f"{tokens} tokens (batch_size x seq_len) into equal routing groups.")

@@ -33,7 +33,7 @@ def small_config():
     c.moe.update(num_experts=4, num_shared_experts=2, expert_mlp_dim=16, top_k=2)  # active width 64
     c.objective.random_length_buckets = (8, 16, 24)
     c.data.update(seq_len=32)
-    c.train.update(steps=6, batch_size=8, warmup_steps=2)
+    c.train.update(steps=6, batch_size=8, warmup_steps=2, learning_rate=1e-2)  # not the default's tuning
     c.eval.update(every_steps=0, num_batches=2, compressors=())
     c.checkpoint.update(every_steps=3, keep=3, async_save=False)
     c.log_every_steps = 1

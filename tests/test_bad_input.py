@@ -51,7 +51,7 @@ CONFIG_CASES = [
     (lambda c: c.__setitem__("seed", -1), "config.seed = -1"),
     (lambda c: c.model.__setitem__("vocab_size", 1000), "config.model.vocab_size = 1000 is smaller"),
     (lambda c: c.moe.__setitem__("top_k", 9), "config.moe.top_k = 9 exceeds config.moe.num_experts = 4"),
-    (lambda c: c.moe.update(routing="tc", router="pre_softmax"), "'pre_softmax' is an expert-choice gate"),
+    (lambda c: c.moe.update(routing="tc", gate="pre_softmax"), "'pre_softmax' is an expert-choice gate"),
     (lambda c: c.moe.update(routing="tc", top_k=1), "top_k = 1 with a post-softmax token-choice"),
     (lambda c: c.moe.update(num_experts=5, top_k=2), "num_experts = 5 is not divisible by the mesh's expert"),
     (lambda c: c.moe.update(group_tokens=96), "group_tokens = 96 does not split"),
@@ -162,8 +162,8 @@ def _train_cli(*args, cwd=None):
                           env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=600)
 
 
-@pytest.mark.parametrize("case", ["unknown_field", "misspelt_group", "repeated_override", "not_utf8",
-                                  "workdir_is_a_file"])
+@pytest.mark.parametrize("case", ["unknown_field", "misspelt_group", "renamed_field", "repeated_override",
+                                  "not_utf8", "workdir_is_a_file"])
 def test_cli_names_bad_overrides_and_inputs_without_a_traceback(tmp_path, case):
     workdir = tmp_path / "run"
     bad = tmp_path / "bad.jsonl"
@@ -173,6 +173,8 @@ def test_cli_names_bad_overrides_and_inputs_without_a_traceback(tmp_path, case):
                           "--config.model.nonexistent: config.model has no field 'nonexistent'"),
         "misspelt_group": (["--config.modell.num_layers=1"],
                            "--config.modell.num_layers: config has no field 'modell'. Did you mean \"model\""),
+        "renamed_field": (["--config.moe.router=sigmoid"],
+                          "--config.moe.router: the field 'router' is now config.moe.gate; use --config.moe.gate=..."),
         "repeated_override": (["--config.data.paths=('a.jsonl',)", "--config.data.paths=('b.jsonl',)"],
                               "--config.data.paths is given 2 times; give each config override once"),
         "not_utf8": (["--config.data.source=jsonl", f"--config.data.paths=('{bad}',)"],

@@ -106,14 +106,18 @@ def test_workdir_paths_keep_a_bucket_url_and_make_a_local_path_absolute(tmp_path
 @pytest.mark.parametrize("num_groups,group_tokens", [(4, 8 * 32 // 4), (0, 0)])
 def test_a_config_json_with_old_field_names_loads_under_the_new_ones(config, tmp_path, num_groups, group_tokens):
     """moe.num_groups (groups per step; 0 = one per batch shard), saved by older versions, is read as
-    moe.group_tokens (tokens per group; 0 = one batch shard's tokens); an unknown field is refused."""
+    moe.group_tokens (tokens per group; 0 = one batch shard's tokens); moe.router as moe.gate and
+    moe.z_loss as moe.z_loss_coef; an unknown field is refused."""
     from openmoe2_jax.runtime import restore  # pylint: disable=import-outside-toplevel
     saved = config.to_dict()
-    del saved["moe"]["group_tokens"]
-    saved["moe"]["num_groups"] = num_groups
+    for new in ("group_tokens", "gate", "z_loss_coef"):
+        del saved["moe"][new]
+    saved["moe"].update(num_groups=num_groups, router="sigmoid", z_loss=0.25)
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = restore.load_config(tmp_path)
     assert loaded.moe.group_tokens == group_tokens and "num_groups" not in loaded.moe
+    assert (loaded.moe.gate, loaded.moe.z_loss_coef) == ("sigmoid", 0.25)
+    assert "router" not in loaded.moe and "z_loss" not in loaded.moe
     assert loaded.model.d_model == config.model.d_model
     saved["moe"]["no_such_field"] = 1
     (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -31,11 +31,11 @@ KINDS = {
     "dense_diffusion": dict(model=dict(ffn="dense")),
     "dense_ar_gqa": dict(model=dict(ffn="dense", num_heads=4, num_kv_heads=2), objective=dict(kind="ar")),
     "ec_batch": dict(),
-    "ec_sequence_sigmoid_scaled": dict(moe=dict(ec_group="sequence", router="sigmoid", scaling_factors=True)),
+    "ec_sequence_sigmoid_scaled": dict(moe=dict(ec_group="sequence", gate="sigmoid", scaling_factors=True)),
     "tc_dropless_ar_scaled": dict(moe=dict(routing="tc", scaling_factors=True), objective=dict(kind="ar")),
     "tc_capacity": dict(moe=dict(routing="tc", tc_capacity_factor=1.0)),
     "first_dense_layer_pre_softmax": dict(model=dict(num_layers=3), moe=dict(
-        first_dense_layers=1, dense_mlp_dim=48, router="pre_softmax", ec_capacity_factor=1.5)),
+        first_dense_layers=1, dense_mlp_dim=48, gate="pre_softmax", ec_capacity_factor=1.5)),
     "router_gated_shared_scaled": dict(moe=dict(shared_gating="router", scaling_factors=True)),
 }
 

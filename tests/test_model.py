@@ -161,3 +161,26 @@ def test_remat_policies_keep_gradients_and_block_remat_saves_memory(config):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, none)
         if remat == "block":
             assert temp < temp_none, (temp, temp_none)
+
+
+def test_the_resolver_derives_each_quantity_once_and_the_model_reads_it(config):
+    """configs/resolve.py against hand-computed numbers, and ModelConfig.from_config taking them."""
+    from openmoe2_jax.configs import resolve  # pylint: disable=import-outside-toplevel
+    # small config: d 32, 2 heads, 4 experts of 16, k 2, 2 shared, batch 8 x seq 32
+    assert resolve.vocab_size(config.model, 100277) == 100352            # 100,278 ids padded to 128
+    assert resolve.head_dim(config.model) == 16 and resolve.shared_mlp_dim(config.moe) == 32
+    assert resolve.experts_per_token(config.moe) == 2.0 and resolve.step_tokens(config) == 256
+    assert resolve.dense_mlp_dim_matched(config, "flops") == 2 * 16 + 32
+    assert resolve.dense_mlp_dim_matched(config, "params") == round((3 * 32 * (4 * 16 + 32) + 32 * 4) / 96)
+    assert resolve.ec_capacity(64, 4, 2, 1.0) == 32 and resolve.tc_capacity(64, 4, 2, 1.3) == 42
+    config.moe.update(ec_capacity_factor=1.5, num_shared_experts=0)
+    assert resolve.experts_per_token(config.moe) == 3.0 and resolve.shared_mlp_dim(config.moe) == 0
+    config.model.update(vocab_size=100400, head_dim=8)
+    config.moe.group_tokens = 128                                        # spans 2 of 4 batch shards
+    m = ModelConfig.from_config(config, 100277, batch_shards=4)
+    assert (m.vocab_size, m.head_dim, m.moe.shared_mlp_dim) == (100400, 8, 0)
+    assert (m.moe.num_groups, m.moe.group_spans_shards) == (2, True)
+    config.moe.group_tokens = 0                                          # one batch shard's 64 tokens
+    m = ModelConfig.from_config(config, 100277, batch_shards=4)
+    assert (m.moe.num_groups, m.moe.group_spans_shards) == (4, False)
+    assert flops.matched_dense(config, "flops").model.mlp_dim == resolve.dense_mlp_dim_matched(config, "flops")

@@ -92,7 +92,7 @@ def test_all_minus_inf_and_padding_never_nan():
 def _moe_cfg(**kw):
     d = dict(num_experts=4, num_shared=0, expert_mlp_dim=8, shared_mlp_dim=0, shared_gating="none",
              top_k=2, routing="ec", ec_group="batch", num_groups=1, ec_capacity_factor=1.0,
-             tc_capacity_factor=0.0, router="softmax", z_loss=0.0, tc_balance_loss=0.0,
+             tc_capacity_factor=0.0, gate="softmax", z_loss_coef=0.0, tc_balance_loss=0.0,
              ec_balance_loss=0.0, scaling=None, topk_impl="xla")
     d.update(kw)
     return MoEConfig(**d)
@@ -104,7 +104,7 @@ def _moe_cfg(**kw):
     ("tc", 0.0, routing.TokenPlan, "tc_balance_loss"),   # dropless
 ])
 def test_route_returns_the_plan_to_dispatch_with_its_losses_and_statistics(kind, capacity, plan_type, balance):
-    cfg = _moe_cfg(routing=kind, tc_capacity_factor=capacity, z_loss=1e-3, tc_balance_loss=1e-2,
+    cfg = _moe_cfg(routing=kind, tc_capacity_factor=capacity, z_loss_coef=1e-3, tc_balance_loss=1e-2,
                    ec_balance_loss=1e-2)
     logits = jax.random.normal(jax.random.key(0), (2, 16, 4))
     plan, shared_gate = routing.route(cfg, logits)
@@ -262,7 +262,7 @@ def test_losses_match_numpy_on_random_logits():
 
 def test_aux_losses_reach_the_objective_with_their_coefficients(config):
     from openmoe2_jax.models import transformer
-    config.moe.update(z_loss=0.5, ec_balance_loss=0.25)
+    config.moe.update(z_loss_coef=0.5, ec_balance_loss=0.25)
     model = Transformer(ModelConfig.from_config(config, 100277))
     tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 1000)
     params = model.init(jax.random.key(1), tokens)["params"]

@@ -50,8 +50,8 @@ def get_config(arg=None):
                                    # (batch x seq / (data x fsdp x expert)); up to the whole step
         ec_capacity_factor=1.0,
         tc_capacity_factor=0.0,    # 0 = dropless token choice; > 0 = capacity with dropping
-        router="softmax",          # softmax (post-softmax) | sigmoid | pre_softmax (EC only)
-        z_loss=1e-3,               # router z-loss coefficient
+        gate="softmax",            # the gate function: softmax (post-softmax) | sigmoid | pre_softmax (EC only)
+        z_loss_coef=1e-3,          # router z-loss coefficient
         tc_balance_loss=1e-2,      # TC load-balancing loss coefficient (Switch/GShard)
         ec_balance_loss=0.0,       # EC token-wise load-balancing loss coefficient (ablation 4)
         scaling_factors=False,     # scale gates by the Monte Carlo rule of docs/science.md §2

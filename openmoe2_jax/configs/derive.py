@@ -1,6 +1,7 @@
 """Config transformations shared by the ablations: expert granularity, FLOPs-/parameter-matched dense."""
 from __future__ import annotations
 
+from openmoe2_jax.configs import resolve
 from openmoe2_jax.errors import ConfigError
 
 
@@ -20,9 +21,8 @@ def with_granularity(config, num_experts: int):
             f"granularity {E} -> {num_experts} experts: expert_mlp_dim {f} x {E} / {num_experts} must be "
             "a whole number to keep total and active parameters exactly constant.")
     out = config.copy_and_resolve_references()
-    shared = moe.shared_mlp_dim or moe.num_shared_experts * f
     out.moe.update(num_experts=num_experts, expert_mlp_dim=f * E // num_experts,
-                   shared_mlp_dim=shared if moe.num_shared_experts else 0)
+                   shared_mlp_dim=resolve.shared_mlp_dim(moe))
     if moe.routing == "ec":
         out.moe.ec_capacity_factor = moe.ec_capacity_factor * num_experts / E
     else:

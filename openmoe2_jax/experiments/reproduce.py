@@ -27,7 +27,7 @@ from etils import epath
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from openmoe2_jax import cli, errors, flops
-from openmoe2_jax.configs import scales
+from openmoe2_jax.configs import resolve, scales
 from openmoe2_jax.experiments import claims, registry, runs, stats, summary
 from openmoe2_jax.runtime import paths
 from openmoe2_jax.train import loop
@@ -129,7 +129,7 @@ def collect(workdir: epath.PathLike, config, name: str = "") -> dict:
         flops_per_token=flops.train_flops_per_token(mc, config.data.seq_len),
         objective=config.objective.kind,
         unique_tokens=config.data.max_train_tokens,
-        tokens_per_step=config.train.batch_size * config.data.seq_len,
+        tokens_per_step=resolve.step_tokens(config),
     )
 
 
@@ -248,7 +248,7 @@ def plot_repeated(section, scale: str, planned: dict, out_dir: epath.Path) -> ep
             continue
         steps, mean, std = curve
         config = variant_runs[0].config
-        tokens = steps * config.train.batch_size * config.data.seq_len
+        tokens = steps * resolve.step_tokens(config)
         base = variant.removesuffix("_u6")
         style = "--" if variant != base else "-"
         for ax, x in ((ax_epochs, tokens / config.data.max_train_tokens), (ax_tokens, tokens)):

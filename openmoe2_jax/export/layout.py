@@ -125,7 +125,7 @@ def moe_description(moe: MoEConfig, first_dense_layers: int, tokens_per_group: i
         routing="tc_dropless" if dropless else moe.routing, routing_level=level, top_k=moe.top_k,
         capacity_factor=factor, capacity_rule=None if dropless else _capacity_rule(moe.routing),
         tokens_per_group=tokens_per_group, trained_groups_per_step=trained_groups,
-        gate=moe.router,
+        gate=moe.gate,
         scaling_table=list(moe.scaling) if moe.routing == "ec" and moe.scaling is not None else None,
         scaling_factor=float(moe.scaling) if moe.routing == "tc" and moe.scaling is not None else None,
     )
@@ -179,7 +179,7 @@ def model_config(config: dict, num_groups: int = 1) -> ModelConfig:
             ec_group=c["routing_level"] if routing == "ec" else "batch", num_groups=num_groups,
             ec_capacity_factor=c["capacity_factor"] if routing == "ec" else 1.0,
             tc_capacity_factor=(c["capacity_factor"] or 0.0) if routing == "tc" else 0.0,
-            router=c["gate"], z_loss=0.0, tc_balance_loss=0.0, ec_balance_loss=0.0, scaling=scaling,
+            gate=c["gate"], z_loss_coef=0.0, tc_balance_loss=0.0, ec_balance_loss=0.0, scaling=scaling,
             topk_impl="xla")
     return ModelConfig(
         vocab_size=config["vocab_size"], num_layers=config["num_layers"], d_model=config["d_model"],

@@ -57,8 +57,8 @@ class MoEConfig:
     num_groups: int               # batch-level routing groups per forward pass (of group_tokens each)
     ec_capacity_factor: float
     tc_capacity_factor: float     # 0 = dropless
-    router: str                   # softmax | sigmoid | pre_softmax
-    z_loss: float
+    gate: str                     # the gate function: softmax | sigmoid | pre_softmax
+    z_loss_coef: float            # router z-loss coefficient
     tc_balance_loss: float
     ec_balance_loss: float
     scaling: tuple | float | None  # EC: table indexed by n_t; TC: a constant; None = off

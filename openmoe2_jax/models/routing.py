@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from openmoe2_jax.configs.resolve import ec_capacity, tc_capacity
 from openmoe2_jax.kernels import ec_topk
 
 
@@ -75,7 +76,7 @@ def route(cfg, logits, selectable=None):
     losses, stats = {}, {}
     if c.routing == "ec":
         capacity = ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
-        plan, shared_gate = expert_choice(routed, capacity, c.router, scaling=c.scaling, selectable=selectable,
+        plan, shared_gate = expert_choice(routed, capacity, c.gate, scaling=c.scaling, selectable=selectable,
                                           shared_logits=shared_logits, topk_impl=c.topk_impl)
         if c.ec_balance_loss:
             losses["ec_balance_loss"] = c.ec_balance_loss * ec_token_balance_loss(
@@ -83,7 +84,7 @@ def route(cfg, logits, selectable=None):
         experts_per_token = plan.experts_per_token
     else:
         scale = c.scaling if c.scaling is not None else 1.0
-        expert, gate, shared_gate = token_choice(routed, c.top_k, c.router, scale, shared_logits)
+        expert, gate, shared_gate = token_choice(routed, c.top_k, c.gate, scale, shared_logits)
         if c.tc_balance_loss:
             losses["tc_balance_loss"] = c.tc_balance_loss * tc_load_balance_loss(routed, expert, c.num_experts)
         if c.tc_capacity_factor > 0:
@@ -95,8 +96,8 @@ def route(cfg, logits, selectable=None):
             plan = TokenPlan(expert=expert, gate=gate)
             stats["dropped_fraction"] = jnp.zeros(())
             experts_per_token = jnp.full((G, N), c.top_k, jnp.int32)
-    if c.z_loss:
-        losses["z_loss"] = c.z_loss * z_loss(logits)
+    if c.z_loss_coef:
+        losses["z_loss"] = c.z_loss_coef * z_loss(logits)
     n_f = experts_per_token.astype(jnp.float32)
     stats.update(
         experts_per_token_mean=n_f.mean(), experts_per_token_min=n_f.min(),
@@ -108,18 +109,6 @@ def route(cfg, logits, selectable=None):
         per_expert = plan.used.sum(axis=2).astype(jnp.float32)          # [G, E]
         stats.update(tokens_per_expert_min=per_expert.min(), tokens_per_expert_max=per_expert.max())
     return plan.replace(losses=losses, stats=stats), shared_gate
-
-
-def ec_capacity(tokens_per_group: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """C = max(floor(N k cf / E), 1), capped at N."""
-    return min(max(int(math.floor(tokens_per_group * top_k * capacity_factor / num_experts)), 1),
-               tokens_per_group)
-
-
-def tc_capacity(tokens_per_group: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """C = ceil(N k cf / E), capped at N."""
-    return min(max(int(math.ceil(tokens_per_group * top_k * capacity_factor / num_experts)), 1),
-               tokens_per_group)
 
 
 def gates_over_chosen(logits, chosen, kind: str):
@@ -139,7 +128,7 @@ def gates_over_chosen(logits, chosen, kind: str):
         return s / (jnp.sum(s, axis=-1, keepdims=True) + 1e-20)
     if kind == "pre_softmax":
         return jnp.where(chosen, jax.nn.softmax(logits, axis=-1), 0.0)
-    raise ValueError(f"config.moe.router = {kind!r}: expected softmax, sigmoid or pre_softmax")
+    raise ValueError(f"config.moe.gate = {kind!r}: expected softmax, sigmoid or pre_softmax")
 
 
 def _scatter_chosen(token, num_tokens):
@@ -196,7 +185,7 @@ def token_choice(logits, top_k: int, gate: str = "softmax", scale: float = 1.0, 
     """
     values, expert = jax.lax.top_k(logits, top_k)
     if gate not in ("softmax", "sigmoid"):
-        raise ValueError(f"config.moe.router = {gate!r} is not available for token choice: "
+        raise ValueError(f"config.moe.gate = {gate!r} is not available for token choice: "
                          "expected softmax or sigmoid")
     if shared_logits is not None:
         values = jnp.concatenate([values, shared_logits], -1)

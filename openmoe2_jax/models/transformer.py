@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from openmoe2_jax.configs import resolve
 from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.models import layers, routing
 from openmoe2_jax.models.moe import MoEConfig, MoEFFN
@@ -57,55 +58,41 @@ class ModelConfig:
         """Resolves `config` (validated). batch_shards: data x fsdp x expert of the mesh, which sets the
         default routing group (one data-parallel replica's tokens) and whether a group spans shards."""
         m = config.model
-        min_vocab = tokenizer_num_ids + 1  # + the mask id
-        padded = -(-min_vocab // m.vocab_multiple) * m.vocab_multiple
-        vocab = m.vocab_size or padded
-        if vocab < min_vocab:
+        vocab = resolve.vocab_size(m, tokenizer_num_ids)
+        if vocab < tokenizer_num_ids + 1:  # + the mask id
             raise ConfigError(f"config.model.vocab_size = {vocab} is smaller than the tokenizer's "
                               f"{tokenizer_num_ids} ids + 1 mask id; use 0 to derive it.")
         return cls(vocab_size=vocab, num_layers=m.num_layers, d_model=m.d_model,
                    num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                   head_dim=m.head_dim or m.d_model // m.num_heads, mlp_dim=m.mlp_dim,
+                   head_dim=resolve.head_dim(m), mlp_dim=m.mlp_dim,
                    rope_theta=m.rope_theta, norm_eps=m.norm_eps, qk_norm=m.qk_norm,
                    init_std=m.init_std, causal=config.objective.kind == "ar",
                    dtype=m.dtype, param_dtype=m.param_dtype,
-                   moe=resolve_moe(config.moe, step_tokens(config), batch_shards) if m.ffn == "moe" else None,
+                   moe=resolve_moe(config.moe, resolve.step_tokens(config), batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
                    dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
                    remat=m.remat)
 
 
-def step_tokens(config) -> int:
-    """Tokens of one training step: batch_size x seq_len."""
-    return config.train.batch_size * config.data.seq_len
-
-
-def group_tokens(moe, tokens: int, batch_shards: int) -> int:
-    """N, the tokens routed together by batch-level routing: config.moe.group_tokens, or (0) the
-    `tokens` of a step split over its `batch_shards` data-parallel replicas."""
-    return moe.group_tokens or tokens // batch_shards
-
-
 def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
     """config.moe -> MoEConfig for steps of `tokens` tokens over `batch_shards` batch shards:
-    placeholders filled, scaling factors computed (never hard-coded)."""
+    placeholders filled (configs/resolve.py), scaling factors computed (never hard-coded)."""
     scaling = None
     if moe.scaling_factors:
         if moe.routing == "ec":
-            scaling = routing.scaling_table_ec(moe.num_experts, moe.num_shared_experts, moe.router)
+            scaling = routing.scaling_table_ec(moe.num_experts, moe.num_shared_experts, moe.gate)
         else:
             scaling = routing.scaling_factor_tc(moe.num_experts, moe.num_shared_experts, moe.top_k,
-                                                moe.router)
-    groups = tokens // group_tokens(moe, tokens, batch_shards)
+                                                moe.gate)
+    groups = tokens // resolve.group_tokens(moe, tokens, batch_shards)
     return MoEConfig(
         num_experts=moe.num_experts, num_shared=moe.num_shared_experts,
         expert_mlp_dim=moe.expert_mlp_dim,
-        shared_mlp_dim=(moe.shared_mlp_dim or moe.num_shared_experts * moe.expert_mlp_dim)
-        if moe.num_shared_experts else 0,
+        shared_mlp_dim=resolve.shared_mlp_dim(moe),
         shared_gating=moe.shared_gating, top_k=moe.top_k, routing=moe.routing, ec_group=moe.ec_group,
         num_groups=groups, group_spans_shards=groups % batch_shards != 0,
         ec_capacity_factor=moe.ec_capacity_factor,
-        tc_capacity_factor=moe.tc_capacity_factor, router=moe.router, z_loss=moe.z_loss,
+        tc_capacity_factor=moe.tc_capacity_factor, gate=moe.gate, z_loss_coef=moe.z_loss_coef,
         tc_balance_loss=moe.tc_balance_loss if moe.routing == "tc" else 0.0,
         ec_balance_loss=moe.ec_balance_loss if moe.routing == "ec" else 0.0,
         scaling=scaling, topk_impl=moe.topk_impl, tc_dropless_impl=moe.tc_dropless_impl)

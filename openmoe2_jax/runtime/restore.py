@@ -22,7 +22,7 @@ import ml_collections
 from etils import epath
 
 from openmoe2_jax import validation
-from openmoe2_jax.configs import base
+from openmoe2_jax.configs import base, renames, resolve
 from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
@@ -67,28 +67,6 @@ def _to_tuples(value):
     return value
 
 
-def _group_tokens(saved: dict) -> int:
-    """moe.num_groups (groups per step; 0 = one per batch shard) as moe.group_tokens."""
-    groups = saved["moe"].pop("num_groups")
-    return saved["train"]["batch_size"] * saved["data"]["seq_len"] // groups if groups else 0
-
-
-# Fields renamed since a run may have saved its config.json: new dotted name -> its value from the old
-# saved config (which the function edits, removing the old field).
-RENAMED = {
-    "moe.group_tokens": (lambda saved: "num_groups" in saved.get("moe", {}), _group_tokens),
-}
-
-
-def upgrade(saved: dict) -> dict:
-    """A saved config (plain data) with every renamed field under its current name."""
-    for name, (present, value) in RENAMED.items():
-        if present(saved):
-            section, key = name.split(".")
-            saved[section][key] = value(saved)
-    return saved
-
-
 def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
     for key, value in saved.items():
         if key not in into:
@@ -102,12 +80,12 @@ def _merge(into: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> No
 
 def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     """The run's config.json over the current defaults (fields added since the run take defaults,
-    renamed ones are read under their new names: RENAMED)."""
+    renamed ones are read under their new names: configs/renames.py)."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise CheckpointError(f"--workdir={os.fspath(workdir)!r} has no config.json: not a training workdir.")
     try:
-        saved = upgrade(_to_tuples(json.loads(path.read_text())))
+        saved = renames.upgrade(_to_tuples(json.loads(path.read_text())))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from e
     config = base.get_config()
@@ -166,8 +144,8 @@ def _routing(checkpoints, step: int, config, model_cfg: ModelConfig) -> dict | N
     recorded = checkpoints.recorded_routing(step)
     if recorded is not None:
         return recorded
-    tokens = config.train.batch_size * config.data.seq_len
-    groups = tokens // config.moe.group_tokens if config.moe.group_tokens else 1
+    tokens = resolve.step_tokens(config)
+    groups = tokens // resolve.group_tokens(config.moe, tokens, batch_shards=1)
     return checkpoint.routing_record(with_groups(model_cfg, groups), config.train.batch_size, config.data.seq_len)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from openmoe2_jax import flops
-from openmoe2_jax.configs import scales
+from openmoe2_jax.configs import resolve, scales
 
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the scale's base width
 MIN_STEPS = 50                             # 0.5 / 50 = 1%: the FLOPs of a run within 1% of its budget
@@ -51,7 +51,7 @@ def size(scale: str, multiple: float, objective: str, ffn: str):
     """The ladder's model at `multiple` x the base width of `scale` (steps not yet set)."""
     c = scales.get(scale)
     m, moe = c.model, c.moe
-    head = m.head_dim or m.d_model // m.num_heads
+    head = resolve.head_dim(m)
     d = max(head, int(round(m.d_model * multiple / head)) * head)
     ratio = d / m.d_model
     c.model.update(d_model=d, num_layers=max(1, int(round(m.num_layers * ratio))), num_heads=d // head,
@@ -83,7 +83,7 @@ def points(scale: str, objective: str, ffn: str, budgets, unique_tokens=(), max_
             c = size(scale, multiple, objective, ffn)
             mc = flops.model_config(c)
             per_token = flops.train_flops_per_token(mc, c.data.seq_len)
-            step_tokens = c.train.batch_size * c.data.seq_len
+            step_tokens = resolve.step_tokens(c)
             steps = int(round(budget / per_token / step_tokens))
             if not MIN_STEPS <= steps <= max_steps:
                 continue

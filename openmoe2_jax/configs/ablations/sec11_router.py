@@ -6,7 +6,7 @@ TITLE = "softmax vs sigmoid router"
 
 
 def ec_sigmoid(c):
-    c.moe.router = "sigmoid"
+    c.moe.gate = "sigmoid"
     return c
 
 
