@@ -42,12 +42,12 @@ from openmoe2_jax.configs import scales
 from openmoe2_jax.data import tokenizer
 from openmoe2_jax.models import layers
 from openmoe2_jax.models.moe import MoEFFN
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig
 from openmoe2_jax.parallel import sharding
+from openmoe2_jax.runtime import build, state as state_lib
 from openmoe2_jax.train import loop
 
 # dense: FLOPs-matched dense FFN. ec: the study's default. tc: token choice with capacity factor 1
-from openmoe2_jax.runtime import optimizer, state as state_lib
 # (the same slot layout, dispatch and expert FLOPs as EC: the equal-active-FLOPs comparison).
 # tc_dropless: the study's dropless token choice (global sort + grouped matmul, moe.tc_dropless_impl).
 VARIANTS = ("dense", "ec", "tc", "tc_dropless")
@@ -156,19 +156,15 @@ def measure(config, num_ids: int, *, repeats: int = 3, warmup: int = 1, ceiling_
     A step whose compiled temporaries exceed half the machine's memory is not run: the row says so
     (`skipped`) with the memory it would need."""
     validation.validate(config, num_devices=jax.device_count())
-    mesh = sharding.make_mesh(config.mesh)
-    model_cfg = ModelConfig.from_config(config, num_ids, sharding.batch_shards(mesh))
+    built = build.build(config, num_ids)
+    mesh, model_cfg = built.mesh, built.model_cfg
     batch, seq = config.train.batch_size, config.data.seq_len
-    model, tx = Transformer(model_cfg), optimizer.make(config.train)
-    init = state_lib.init_fn(model, tx, config.seed, batch, seq)
     _reset_peak_rss()
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        abstract, shardings = state_lib.abstract_state(init, mesh)
-        state = state_lib.create(init, shardings)
-        step = loop.jit_train_step(config, model, tx, mesh, shardings, mask_id=num_ids)
-        batch_sharding = sharding.batch_sharding(mesh)
+        state = state_lib.create(built.init, built.state_shardings)
+        step = loop.jit_train_step(config, built.model, built.tx, mesh, built.state_shardings, mask_id=num_ids)
         tokens = np.random.default_rng(0).integers(0, num_ids, (batch, seq), dtype=np.int32)
-        tokens = jax.device_put(tokens, batch_sharding)
+        tokens = jax.device_put(tokens, built.batch_sharding)
 
         t0 = time.perf_counter()
         compiled = step.lower(state, tokens).compile()
@@ -204,8 +200,8 @@ def measure(config, num_ids: int, *, repeats: int = 3, warmup: int = 1, ceiling_
 
         temp_2x = None
         if memory_scaling:  # the same step at twice the batch, compiled only
-            tokens_2x = jax.ShapeDtypeStruct((2 * batch, seq), jnp.int32, sharding=batch_sharding)
-            temp_2x = step.lower(abstract, tokens_2x).compile().memory_analysis().temp_size_in_bytes
+            tokens_2x = jax.ShapeDtypeStruct((2 * batch, seq), jnp.int32, sharding=built.batch_sharding)
+            temp_2x = step.lower(built.abstract, tokens_2x).compile().memory_analysis().temp_size_in_bytes
 
     step_s = float(np.median(times))
     tokens_per_step = batch * seq

@@ -19,11 +19,10 @@ from tensorboardX import SummaryWriter
 from openmoe2_jax import flops, objectives, validation
 from openmoe2_jax.data import baselines, bpe, pipeline
 from openmoe2_jax.data.tokenizer import bpe_num_ranks
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
 from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.progress import format_seconds
-from openmoe2_jax.runtime import checkpoint, optimizer, state as state_lib
+from openmoe2_jax.runtime import build, checkpoint, optimizer, state as state_lib
 from openmoe2_jax.train import preemption, step as step_lib, upcycle
 
 
@@ -103,8 +102,8 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     tokenizer = bpe.run_tokenizer(config.data.tokenizer,
                                   [workdir / "tokenizer"] + ([config.data.paths[0]] if prepared else []),
                                   None if prepared else split.train)
-    mesh = sharding.make_mesh(config.mesh)
-    model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, sharding.batch_shards(mesh))
+    built = build.build(config, tokenizer.num_ids)
+    mesh, model_cfg, model, tx = built.mesh, built.model_cfg, built.model, built.tx
     seq_len, batch = config.data.seq_len, config.train.batch_size
 
     # Data. The split is seeded by eval.seed (like the validation masks), so every training seed holds
@@ -123,23 +122,18 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
     val_batches = pipeline.validation_batches(corpus.validation, seq_len, batch,
                                               config.eval.num_batches, shard)
 
-    # Model, optimizer, mesh.
-    model = Transformer(model_cfg)
-    tx = optimizer.make(config.train)
-    init = state_lib.init_fn(model, tx, config.seed, batch, seq_len)
-
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = checkpoint.Checkpoints(str(workdir / "checkpoints"), config.checkpoint.keep,
                                    config.checkpoint.async_save)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-        abstract, state_shardings = state_lib.abstract_state(init, mesh)
-        resumed_from, state = ckpts.restore_latest_good(abstract, train_iter, log, tokenizer.record)
+        state_shardings = built.state_shardings
+        resumed_from, state = ckpts.restore_latest_good(built.abstract, train_iter, log, tokenizer.record)
         if resumed_from is not None:
             log(f"resumed from {ckpts.directory}/{resumed_from}")
         else:
             dense = (upcycle.load_dense_params(config.moe.upcycle_from)
                      if config.model.ffn == "moe" and config.moe.upcycle_from else None)
-            state = state_lib.create(init, state_shardings)
+            state = state_lib.create(built.init, state_shardings)
             if dense is not None:
                 fresh = multihost_utils.process_allgather(state.params, tiled=True)
                 params = upcycle.upcycle_params(fresh, dense, config.moe.upcycle_method)
@@ -154,7 +148,7 @@ def _train(config, workdir, stop_at_step, log, watch) -> Summary:
             f"{flops_per_token / 1e6:.1f} MFLOPs/token; mesh {dict(mesh.shape)}; "
             f"{corpus.counts['train_tokens']:,} train tokens, {len(val_batches)} validation batches")
 
-        batch_sharding = sharding.batch_sharding(mesh)
+        batch_sharding = built.batch_sharding
         train_step, eval_step = compile_steps(config, model, tx, mesh, state_shardings,
                                               tokenizer.mask_id)
 
