@@ -129,5 +129,5 @@ def _unknown_field(keys: list[str], error: Exception) -> str:
             if renamed:
                 return f"--{key}: the field {name!r} is now config.{renamed}; use --config.{renamed}=..."
             return (f"--{key}: {parent} has no field {name!r}.{' ' + hint[0] if hint else ''} "
-                    "Every field is defined in openmoe2_jax/configs/base.py.")
+                    "Every field is defined in configs/base.py.")
     return f"cannot apply the config overrides {', '.join('--' + k for k in keys)}: {text}"

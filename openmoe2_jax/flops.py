@@ -1,7 +1,7 @@
 """Parameter and FLOP accounting from a config (counts equal the initialised tree; tested), and the
 FLOPs-matched and parameter-matched dense configs of an MoE config.
 
-  python -m openmoe2_jax.flops --config=openmoe2_jax/configs/base.py   # prints the table
+  python -m openmoe2_jax.flops --config=configs/base.py   # prints the table
 
 Active parameters of an EC layer count k·cf experts per token on average (C = N k cf / E slots per
 expert); TC counts k. Embedding = input table + output head; FLOPs/token = 6 x active matmul

@@ -1,6 +1,6 @@
 """A TPU plan from a config: memory per chip, FLOPs, expert all-to-all, a step-time lower bound.
 
-  python -m openmoe2_jax.plan --config=openmoe2_jax/configs/base.py --topology=v5p-256 [--mesh=data=1,fsdp=16,expert=8]
+  python -m openmoe2_jax.plan --config=configs/base.py --topology=v5p-256 [--mesh=data=1,fsdp=16,expert=8]
 
 Chip figures (per chip; Cloud TPU documentation, cloud.google.com/tpu/docs/<version>):
   v5p  459 TFLOP/s bf16, 95 GiB HBM at 2,765 GB/s, ICI 1,200 GB/s (bidirectional); v5p-N has N/2 chips

@@ -66,11 +66,11 @@ def test_setup_archive_holds_tracked_files_only(tmp_path):
 
 
 def test_run_starts_one_training_command_on_all_workers_with_overrides():
-    (ssh,) = launch.commands("run", "moe", "z", config="openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper",
+    (ssh,) = launch.commands("run", "moe", "z", config="configs/ablations/sec03_routing.py:ec,paper",
                              workdir="gs://b/runs/ec", overrides=["moe.topk_impl=auto", "config.train.steps=10"])
     command = ssh[-1].removeprefix("--command=")
     assert "--worker=all" in ssh
-    assert ("~/openmoe2_jax_venv/bin/python -m openmoe2_jax.train --config=openmoe2_jax/configs/ablations/sec03_routing.py:ec,paper "
+    assert ("~/openmoe2_jax_venv/bin/python -m openmoe2_jax.train --config=configs/ablations/sec03_routing.py:ec,paper "
             "--workdir=gs://b/runs/ec --config.moe.topk_impl=auto --config.train.steps=10") in command
     assert command.startswith("cd ~/openmoe2_jax && nohup ") and command.endswith("2>&1 &")
     with pytest.raises(ValueError, match="--workdir is required"):

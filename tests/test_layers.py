@@ -9,6 +9,7 @@ unit, and, in a library module, imports inside a function named `main` or under
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 
 import pytest
@@ -111,9 +112,16 @@ class _Imports(ast.NodeVisitor):
                 self.found.append((node.lineno, f"{base}.{a.name}" if is_module else base))
 
 
+def python_files(package: pathlib.Path = PACKAGE) -> list[pathlib.Path]:
+    """Every .py file of the package, through its links (configs/ and launch/ are linked from the
+    repository's root into the package)."""
+    return sorted(pathlib.Path(root) / f for root, _, files in os.walk(package, followlinks=True)
+                  for f in files if f.endswith(".py"))
+
+
 def upward_imports(package: pathlib.Path = PACKAGE) -> list[str]:
     bad = []
-    for path in sorted(package.rglob("*.py")):
+    for path in python_files(package):
         module = module_name(path, package)
         src_unit = unit_of(module)
         visitor = _Imports(module, path.name == "__init__.py", package.parent)
@@ -136,7 +144,9 @@ def test_every_import_goes_down_the_layers():
 def test_every_unit_has_one_layer_and_every_module_a_unit():
     placed = [u for units in LAYERS for u in units]
     assert sorted(placed) == sorted(UNITS) and len(set(placed)) == len(placed)
-    for path in PACKAGE.rglob("*.py"):
+    files = python_files()
+    assert {"openmoe2_jax.configs.base", "openmoe2_jax.launch.__main__"} <= {module_name(p) for p in files}
+    for path in files:
         unit_of(module_name(path))
 
 

@@ -1,6 +1,6 @@
 """Tokenize a corpus once into token shards that training memory-maps.
 
-  python -m openmoe2_jax.data.prepare --config=openmoe2_jax/configs/default.py \
+  python -m openmoe2_jax.data.prepare --config=configs/default.py \
       --config.data.source=jsonl --config.data.paths='("corpus/*.jsonl",)' --output_dir=tokens/
 
 then train with --config.data.source=prepared --config.data.paths='("tokens/",)'. With

@@ -1,7 +1,7 @@
 """Configs as code (ml_collections). `base.py` is the paper default; `default.py` the CPU default (README command 1).
 
 Every config file defines `get_config(arg=None)` and can be passed to any CLI as
-`--config=openmoe2_jax/configs/default.py` with `--config.model.num_layers=4`-style overrides.
+`--config=configs/default.py` with `--config.model.num_layers=4`-style overrides.
 """
 import os
 

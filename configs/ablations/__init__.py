@@ -3,7 +3,7 @@
 Each file is data: SECTION, TITLE, VARIANTS (name -> function of the scaled default config),
 optionally DEPENDS (variant -> the variant whose workdir it needs) and COMPARED (the variants of the
 table), and `get_config(arg)` with arg "variant,scale" (default "ec,cpu"), so any file works as
-`--config=openmoe2_jax/configs/ablations/sec03_routing.py:tc,cpu`. What the study published for each
+`--config=configs/ablations/sec03_routing.py:tc,cpu`. What the study published for each
 section, and how measured results are checked against it, is in experiments/claims.py.
 """
 from __future__ import annotations
