@@ -29,6 +29,10 @@ def get_config(arg=None):
         init_std=0.02,        # output projections use init_std / sqrt(2 * num_layers)
         dtype="bfloat16",     # compute dtype
         param_dtype="float32",
+        # auto (splash on TPU, cudnn on GPU for bfloat16/float16, else xla) | xla (the reference:
+        # heads-major with a FlashAttention-style backward) | splash (the Pallas TPU kernel) |
+        # splash_interpret (the same through the Pallas interpreter, any backend) | cudnn (GPU)
+        attention_impl="auto",
         # Activation rematerialisation (recompute in the backward pass instead of storing):
         # none | block (each layer keeps only its input) | attention (each attention recomputes its
         # scores and probabilities; projections are kept). README "Performance" has the trade-off.

@@ -14,6 +14,7 @@ from openmoe2_jax.configs import resolve
 from openmoe2_jax.data import tokenizer
 from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.kernels import ec_topk
+from openmoe2_jax.models import layers
 
 Check = Callable[[Any], str | None]  # returns a description of what is allowed, or None if ok
 
@@ -92,6 +93,7 @@ FIELDS: dict[str, Check] = {
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
     "model.remat": one_of("none", "block", "attention"),
+    "model.attention_impl": one_of(*layers.ATTENTION_IMPLS),
     "moe.routing": one_of("ec", "tc"),
     "moe.num_experts": positive_int,
     "moe.num_shared_experts": nonneg_int,

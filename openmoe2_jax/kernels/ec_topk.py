@@ -51,13 +51,19 @@ LANES = 128     # lanes: tokens of a chunk
 LANE_BITS = 7   # log2(LANES)
 
 
+def resolve(impl: str) -> str:
+    """`auto` -> pallas on TPU, xla elsewhere; any other impl unchanged."""
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "tpu" else "xla"
+    return impl
+
+
 def top_k(scores, k: int, impl: str = "xla"):
     """Top-k along the last axis. scores [..., n] float; 1 <= k <= n.
 
     Returns values [..., k] (descending, input dtype) and indices [..., k] int32.
     """
-    if impl == "auto":
-        impl = "pallas" if jax.default_backend() == "tpu" else "xla"
+    impl = resolve(impl)
     if impl == "xla":
         return jax.lax.top_k(scores, k)
     if impl in ("pallas", "interpret"):

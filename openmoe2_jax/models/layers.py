@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from openmoe2_jax.kernels import splash_attention
+
 Dtype = jnp.dtype
 
 
@@ -56,25 +58,78 @@ def rope(x, positions, theta: float):
     return out.astype(x.dtype)
 
 
-def dot_product_attention(q, k, v, valid=None, causal: bool = False):
+ATTENTION_IMPLS = ("auto", "xla", "splash", "splash_interpret", "cudnn")
+
+
+def attention_impl(impl: str, dtype) -> str:
+    """config.model.attention_impl with `auto` resolved for the backend: splash on TPU, cuDNN's fused
+    attention on GPU for 16-bit compute (cuDNN has no float32 flash attention), else xla."""
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
+    if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+def dot_product_attention(q, k, v, valid=None, causal: bool = False, impl: str = "xla"):
     """softmax(q k^T / sqrt(hd) + mask) v, scores and softmax in float32.
 
     q [b, s, h, hd]; k, v [b, s, kvh, hd] (kvh divides h: grouped-query heads share k/v);
-    valid [b, s] bool marks the keys that exist (padding is never attended to). -> [b, s, h, hd].
+    valid [b, s] bool marks the keys that exist (padding is never attended to; a prefix of each row,
+    as random-length cuts make it). -> [b, s, h, hd].
 
-    The backward is FlashAttention's: it keeps only the output and the row log-sum-exp, recomputes
+    impl (attention_impl resolves `auto`): xla, this function's own code below, the reference;
+    splash (splash_interpret: through the Pallas interpreter, any backend), the Pallas TPU kernel of
+    kernels/splash_attention.py, run per shard of the batch and heads under a mesh; cudnn,
+    jax.nn.dot_product_attention's cuDNN kernel (GPU), padding as key lengths. Outputs at padding
+    positions are not defined alike across implementations; they are never read.
+
+    The xla backward is FlashAttention's: it keeps only the output and the row log-sum-exp, recomputes
     the probabilities, and takes rowsum(dP * P) as rowsum(dO * O). So no [b, h, s, s] tensor is
     stored between forward and backward (activation memory O(s), not O(s^2), per head), and the
     heads-major layout runs forward + backward 2.6x faster on XLA:CPU than
     jax.nn.dot_product_attention(implementation="xla") (0.31 s vs 0.81 s at 4 x 1024, 8 x 64 heads).
     """
     b, s, h, hd = q.shape
+    if valid is None:
+        valid = jnp.ones((b, s), bool)
+    impl = attention_impl(impl, q.dtype)
+    if impl in ("splash", "splash_interpret"):
+        fn = functools.partial(splash_attention.attention, causal=causal, interpret=impl == "splash_interpret")
+        heads, rows = ("activation_batch", None, "activation_heads", None), ("activation_batch", None)
+        return per_shard(fn, (heads, heads, heads, rows), heads)(q, k, v, valid)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn",
+                                            key_value_seq_lengths=valid.sum(-1, dtype=jnp.int32))
+    if impl != "xla":
+        raise ValueError(f"config.model.attention_impl = {impl!r}: expected one of {ATTENTION_IMPLS}")
     if k.shape[2] != h:  # GQA: repeat each k/v head for its group (the gradient sums the copies)
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
-    if valid is None:
-        valid = jnp.ones((b, s), bool)
     return _attention(q, k, v, valid, causal)
+
+
+def per_shard(fn, in_axes: tuple, out_axes):
+    """`fn` run on each device's shard of its arguments, which are laid out by the logical axes
+    `in_axes` (one tuple of names per argument; `out_axes` likewise, a tuple of them for several
+    outputs). A Pallas kernel is one device's program that the SPMD partitioner cannot split, so
+    under a mesh it runs in shard_map over the mesh axes the logical-axis rules give those names (no
+    mesh axis is named here); without a mesh, `fn` itself."""
+    def spec(axes):
+        return nn.logical_to_mesh_axes(axes)
+
+    def run(*args):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return fn(*args)
+        outs = spec(out_axes) if all(a is None or isinstance(a, str) for a in out_axes) else \
+            tuple(spec(a) for a in out_axes)
+        return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(a) for a in in_axes), out_specs=outs,
+                             check_vma=False)(*args)
+    return run
 
 
 def _scores(q, k, valid, causal):
@@ -140,6 +195,7 @@ class Attention(nn.Module):
     causal: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    impl: str = "auto"             # attention implementation (dot_product_attention)
 
     @nn.compact
     def __call__(self, x, positions, valid=None):
@@ -161,7 +217,7 @@ class Attention(nn.Module):
         q = rope(q, positions, self.rope_theta)
         k = rope(k, positions, self.rope_theta)
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
-        out = dot_product_attention(q, k, v, valid, self.causal)   # [b, s, h, hd]
+        out = dot_product_attention(q, k, v, valid, self.causal, self.impl)   # [b, s, h, hd]
         out = jnp.einsum("bshk,hkd->bsd", out, wo.astype(self.dtype))
         return nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
 

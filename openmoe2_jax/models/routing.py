@@ -21,6 +21,7 @@ does the whole routing of a layer from its config, auxiliary losses and statisti
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.struct
@@ -30,6 +31,7 @@ import numpy as np
 
 from openmoe2_jax.configs.resolve import ec_capacity, tc_capacity
 from openmoe2_jax.kernels import ec_topk
+from openmoe2_jax.models import layers
 
 
 class SlotPlan(flax.struct.PyTreeNode):
@@ -77,7 +79,8 @@ def route(cfg, logits, selectable=None):
     if c.routing == "ec":
         capacity = ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
         plan, shared_gate = expert_choice(routed, capacity, c.gate, scaling=c.scaling, selectable=selectable,
-                                          shared_logits=shared_logits, topk_impl=c.topk_impl)
+                                          shared_logits=shared_logits, topk_impl=c.topk_impl,
+                                          groups_sharded=not (c.group_spans_shards and c.ec_group == "batch"))
         if c.ec_balance_loss:
             losses["ec_balance_loss"] = c.ec_balance_loss * ec_token_balance_loss(
                 routed, plan.experts_per_token, c.top_k)
@@ -141,7 +144,7 @@ def _scatter_chosen(token, num_tokens):
 
 
 def expert_choice(logits, capacity: int, gate: str = "softmax", scaling=None, selectable=None,
-                  shared_logits=None, topk_impl: str = "xla"):
+                  shared_logits=None, topk_impl: str = "xla", groups_sharded: bool = True):
     """EC routing of each group.
 
     Args:
@@ -152,12 +155,18 @@ def expert_choice(logits, capacity: int, gate: str = "softmax", scaling=None, se
       selectable: optional [G, N] bool; False tokens (padding) are taken only if nothing else is left.
       shared_logits: optional [G, N, S] logits of shared experts that join the gate normalisation
         (they are always chosen).
+      topk_impl: the EC top-k (kernels/ec_topk.py). The Pallas kernel runs per shard of the groups
+        under a mesh (groups_sharded: each group on one batch shard; else every device ranks all).
     Returns:
       (SlotPlan, shared_gate [G, N, S] or None).
     """
     G, N, E = logits.shape
     scores = logits if selectable is None else jnp.where(selectable[..., None], logits, -jnp.inf)
-    _, token = ec_topk.top_k(jnp.swapaxes(scores, 1, 2), capacity, topk_impl)  # [G, E, C]
+    top_k = functools.partial(ec_topk.top_k, k=capacity, impl=topk_impl)
+    if ec_topk.resolve(topk_impl) != "xla":
+        rows = ("activation_batch" if groups_sharded else None, None, None)
+        top_k = layers.per_shard(top_k, (rows,), (rows, rows))
+    _, token = top_k(jnp.swapaxes(scores, 1, 2))                                # [G, E, C]
     token = token.astype(jnp.int32)
     chosen = _scatter_chosen(token, N)                                          # [G, N, E]
     n = chosen.sum(-1).astype(jnp.int32)                                        # [G, N]

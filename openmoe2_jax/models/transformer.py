@@ -40,6 +40,7 @@ class ModelConfig:
     first_dense_layers: int = 0      # with moe: layers [0, N) are dense, of width dense_mlp_dim
     dense_mlp_dim: int = 0
     remat: str = "none"              # none | block | attention (config.model.remat)
+    attention_impl: str = "auto"     # config.model.attention_impl (layers.dot_product_attention)
 
     def is_moe_layer(self, i: int) -> bool:
         return self.moe is not None and i >= self.first_dense_layers
@@ -71,7 +72,7 @@ class ModelConfig:
                    moe=resolve_moe(config.moe, resolve.step_tokens(config), batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
                    dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
-                   remat=m.remat)
+                   remat=m.remat, attention_impl=m.attention_impl)
 
 
 def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
@@ -113,7 +114,7 @@ class Block(nn.Module):
             attention = nn.remat(attention, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         x = x + attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, c.qk_norm,
                                  c.norm_eps, c.init_std, c.out_std, c.causal, dt, pdt,
-                                 name="attn")(h, positions, valid)
+                                 c.attention_impl, name="attn")(h, positions, valid)
         h = layers.RMSNorm(c.norm_eps, dt, pdt, name="ffn_norm")(x)
         if c.is_moe_layer(self.index):
             ffn = MoEFFN(c.moe, c.init_std, c.out_std, dt, pdt, name="moe")(h, valid)
