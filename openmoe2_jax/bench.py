@@ -266,9 +266,52 @@ def measure_ffn(config, num_ids: int, *, repeats: int = 3, ceiling_flops: float)
                 mfu=achieved / ceiling_flops)
 
 
+TPU_CHIPS_PER_HOST = 4  # a multi-host slice of v4, v5e, v5p or v6e has 4 chips on each host VM
+
+
+def pod_need(topology: str = "v5p-256") -> dict:
+    """What one host of `topology` must load for the paper config: its share of a step's tokens
+    (batch x seq / hosts) per step, at the step time `plan` suggests (a lower bound on the step time,
+    so an upper bound on the need)."""
+    from openmoe2_jax import plan  # pylint: disable=import-outside-toplevel
+    config = scales.get("paper")
+    chip, chips = plan.parse_topology(topology)
+    best = plan.suggest(config, chip, chips)
+    hosts = max(1, chips // TPU_CHIPS_PER_HOST)
+    tokens = config.train.batch_size * config.data.seq_len // hosts
+    return dict(topology=topology, hosts=hosts, tokens_per_host_step=tokens, mesh=best["mesh"],
+                step_seconds_lower_bound=best["step_seconds_lower_bound"],
+                tokens_per_second_per_host=tokens / best["step_seconds_lower_bound"])
+
+
+def measure_data(*, seq_len: int = 4096, global_batch: int = 1024, processes: int = 32,
+                 tokens: int = 32 * 2 ** 20, batches: int = 30, seed: int = 0) -> dict:
+    """The input pipeline alone, as one of `processes` hosts runs it: a prepared token stream (a
+    memory-mapped int32 .npy, as `data.prepare` writes) -> grain -> shuffled rows of `seq_len` ->
+    this process's [global_batch / processes, seq_len] batches. tokens/s after the first batch."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "train.npy")
+        np.save(path, np.random.default_rng(seed).integers(0, 100_277, tokens, dtype=np.int32))
+        stream = np.load(path, mmap_mode="r")
+        ds = pipeline.train_dataset(stream, seq_len, global_batch, 0, seed, pipeline.Shard(0, processes))
+        batches_iter = iter(ds.to_iter_dataset())
+        first = next(batches_iter)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            batch = next(batches_iter)
+        seconds = time.perf_counter() - t0
+    assert batch.shape == first.shape == (global_batch // processes, seq_len)
+    local = global_batch // processes * seq_len
+    return dict(seq_len=seq_len, global_batch=global_batch, processes=processes, batches=batches,
+                tokens_per_batch=local, seconds_per_batch=seconds / batches,
+                tokens_per_second=batches * local / seconds)
+
+
 def run(shapes=("cpu", "small", "peer"), variants=VARIANTS, *, repeats: int = 3, warmup: int = 1,
         remat_shape: str | None = "small", remat_variant: str = "ec", topk: bool = True,
-        dtype: str | None = None, profile_dir: str | None = None, log=print) -> dict:
+        dtype: str | None = None, profile_dir: str | None = None, data: bool = True, log=print) -> dict:
     """The whole benchmark; returns the results as a JSON-able dict.
 
     profile_dir: write a jax.profiler trace of each variant's timed steps to
@@ -326,6 +369,12 @@ def run(shapes=("cpu", "small", "peer"), variants=VARIANTS, *, repeats: int = 3,
         for row in bench_ec_topk.run(bench_ec_topk.SHAPES[:1], repeats=repeats):
             results["topk"].append(row)
             log(f"EC top-k {row['shape']} {row['impl']}: {row['seconds'] * 1e3:.1f} ms")
+    if data:
+        loader, need = measure_data(), pod_need()
+        results["data"] = dict(loader=loader, need=need,
+                               ratio=loader["tokens_per_second"] / need["tokens_per_second_per_host"])
+        log(f"data: {loader['tokens_per_second']:,.0f} tokens/s per process; a {need['topology']} host needs "
+            f"{need['tokens_per_second_per_host']:,.0f} (x{results['data']['ratio']:,.0f})")
     return results
 
 
@@ -394,6 +443,15 @@ def markdown(results: dict) -> str:
             out.append(f"| {r['shape']} | {r['variant']} | {r['remat']} | {r['step_seconds'] * 1e3:,.0f} | "
                        f"{r['mfu'] * 100:.1f}% | {_mib(r['temp_bytes'])} | "
                        f"x{r['temp_ratio_2x_batch']:.2f} | {_mib(r['peak_rss_bytes'])} |")
+    if results.get("data"):
+        loader, need = results["data"]["loader"], results["data"]["need"]
+        out += ["", "| input pipeline (one of N hosts) | batch | tokens/s per process | a host needs | ratio |",
+                "|---|---|---|---|---|",
+                f"| prepared shard -> grain -> shuffled rows, 1 of {loader['processes']} | "
+                f"{loader['global_batch'] // loader['processes']} x {loader['seq_len']} | "
+                f"{loader['tokens_per_second']:,.0f} | {need['tokens_per_second_per_host']:,.0f} "
+                f"({need['topology']}, paper config, {need['step_seconds_lower_bound']:.2f} s/step) | "
+                f"x{results['data']['ratio']:,.0f} |"]
     if results["topk"]:
         out += ["", "| EC top-k shape | impl | median ms | GB/s (minimum traffic) |", "|---|---|---|---|"]
         for r in results["topk"]:
@@ -436,7 +494,7 @@ def _main():
     t0 = time.time()
     results = run(shapes, variants, repeats=_REPEATS.value, warmup=_WARMUP.value,
                   remat_shape=_REMAT_SHAPE.value or None, topk=_TOPK.value, dtype=_DTYPE.value or None,
-                  profile_dir=_PROFILE_DIR.value or None)
+                  profile_dir=_PROFILE_DIR.value or None, data=_DATA.value)
     results["wall_seconds"] = time.time() - t0
     print("\n" + markdown(results))
     print(f"\nbenchmark wall time: {results['wall_seconds'] / 60:.1f} min")
@@ -458,6 +516,7 @@ if __name__ == "__main__":
     _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype of cpu/small; empty = float32 on CPU, "
                                               "else bfloat16.")
     _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results.")
+    _DATA = flags.DEFINE_bool("data", True, "Time the input pipeline alone against a v5p-256 host's need.")
     _PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Write jax.profiler traces here and print each "
                                                           "variant's most expensive XLA ops.")
     app.run(main, flags_parser=cli.parse_flags)

@@ -14,7 +14,9 @@ Assumptions (estimates, not measurements):
     kept for the backward (the attention's backward is FlashAttention's: no a s^2 scores are kept,
     models/layers.py), plus one layer's float32 scores and probabilities, 8 a s^2 b bytes, alive
     while that layer runs; with full remat 2 s b d per layer (its input) plus that same transient;
-    s b = tokens on the chip, a = heads (both divided by `tensor`); the plan reports both;
+    s b = tokens on the chip, a = heads (both divided by `tensor`); the plan reports both; plus the
+    output head's float32 logits and their gradient, 8 s b V bytes, which the head computes for all
+    of the chip's tokens at once (at the paper shape the largest single activation);
   - expert all-to-all: 4 per MoE layer and step (dispatch + combine, forward + backward), each moving
     tokens x k cf x d bf16 values, the share (expert - 1) / expert leaving the chip;
   - step time >= max(compute at peak, expert all-to-all over ICI, gradient all-reduce of the parameters
@@ -106,8 +108,10 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     tokens_chip = tokens / batch_shards
     s, d, L, a = config.data.seq_len, m.d_model, m.num_layers, m.num_heads
     transient = 8 * a * s * tokens_chip / mesh["tensor"]   # one layer's fp32 scores + probabilities
-    act_none = L * tokens_chip * d * 34 / mesh["tensor"] + transient
-    act_full = L * tokens_chip * d * 2 + transient
+    vocab = flops.model_config(config).vocab_size
+    logits = tokens_chip * vocab * 4 * 2 / mesh["tensor"]   # the fp32 logits and their gradient
+    act_none = L * tokens_chip * d * 34 / mesh["tensor"] + transient + logits
+    act_full = L * tokens_chip * d * 2 + transient + logits
     flops_step = flops.train_flops_per_token(flops.model_config(config), s) * tokens
     compute_s = flops_step / (chips * chip.bf16_flops)
     moe_layers = (L - config.moe.first_dense_layers) if m.ffn == "moe" else 0
@@ -123,12 +127,11 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     # Evaluation (runtime/restore.py): the parameters alone, in their own dtype and sharding, plus one
     # forward's largest transients: a layer's scores and the float32 logits of a training-size batch.
     eval_params = per_chip * jnp.dtype(m.param_dtype).itemsize
-    vocab = flops.model_config(config).vocab_size
     eval_act = transient + tokens_chip * vocab * 4 / mesh["tensor"]
     return dict(
         chip=chip.name, chips=chips, mesh=mesh, total_params=total, params_per_chip=per_chip,
         state_bytes_per_chip=state_bytes, activation_bytes_no_remat=act_none,
-        activation_bytes_full_remat=act_full, hbm_bytes=chip.hbm_bytes,
+        activation_bytes_full_remat=act_full, logits_bytes=logits, hbm_bytes=chip.hbm_bytes,
         fits_no_remat=state_bytes + act_none <= chip.hbm_bytes,
         fits_full_remat=state_bytes + act_full <= chip.hbm_bytes,
         flops_per_step=flops_step, compute_seconds=compute_s, all_to_all_bytes_per_step=a2a_bytes_step,
@@ -165,7 +168,8 @@ def report(p: dict) -> str:
         f"state per chip (fp32 params + AdamW + grads): {p['state_bytes_per_chip'] / g:.2f} GiB of "
         f"{p['hbm_bytes'] / g:.0f} GiB",
         f"activations per chip: {p['activation_bytes_no_remat'] / g:.2f} GiB (no remat), "
-        f"{p['activation_bytes_full_remat'] / g:.2f} GiB (full remat)",
+        f"{p['activation_bytes_full_remat'] / g:.2f} GiB (full remat), of which the fp32 logits and "
+        f"their gradient {p['logits_bytes'] / g:.2f} GiB",
         f"fits: {'yes' if p['fits_no_remat'] else 'no'} without remat, "
         f"{'yes' if p['fits_full_remat'] else 'no'} with full remat",
         f"FLOPs per step: {p['flops_per_step']:.3e} -> {p['compute_seconds'] * 1e3:.1f} ms at peak",

@@ -11,7 +11,8 @@ from openmoe2_jax.models.transformer import ModelConfig
 
 def test_cpu_benchmark_rows_ratios_and_table(tmp_path):
     results = bench.run(shapes=("cpu",), variants=("dense", "ec"), repeats=1, warmup=0,
-                        remat_shape=None, topk=False, profile_dir=str(tmp_path), log=lambda *_: None)
+                        remat_shape=None, topk=False, profile_dir=str(tmp_path), data=False,
+                        log=lambda *_: None)
     assert results["backend"] == "cpu" and results["device_count"] == 8
     ceiling = results["ceilings"]["float32"]
     assert ceiling["flops_per_second"] == pytest.approx(2 * 2048 ** 3 / ceiling["seconds"])
@@ -44,6 +45,21 @@ def test_cpu_benchmark_rows_ratios_and_table(tmp_path):
     table = bench.markdown(results)
     assert table.count("| cpu | dense | float32 | 16 x 128 |") == 1 and "| cpu | ec |" in table
     assert json.loads(json.dumps(results)) == results
+
+
+def test_the_input_pipeline_bench_loads_one_hosts_batches_and_states_the_pod_need(monkeypatch):
+    loader = bench.measure_data(seq_len=256, global_batch=64, processes=4, tokens=64 * 256 * 3, batches=5)
+    assert loader["tokens_per_batch"] == 64 // 4 * 256 and loader["tokens_per_second"] > 0
+    assert loader["tokens_per_second"] == pytest.approx(loader["tokens_per_batch"] / loader["seconds_per_batch"])
+    need = bench.pod_need("v5p-256")                      # 128 chips, 32 hosts of 4
+    assert need["hosts"] == 32 and need["tokens_per_host_step"] == 1024 * 4096 // 32
+    assert need["tokens_per_second_per_host"] == pytest.approx(
+        need["tokens_per_host_step"] / need["step_seconds_lower_bound"])
+    monkeypatch.setattr(bench, "measure_data", lambda: loader)
+    monkeypatch.setattr(bench, "pod_need", lambda: need)
+    results = bench.run(shapes=(), variants=(), remat_shape=None, topk=False, log=lambda *_: None)
+    assert results["data"]["ratio"] == pytest.approx(loader["tokens_per_second"] / need["tokens_per_second_per_host"])
+    assert "| prepared shard -> grain -> shuffled rows, 1 of 4 | 16 x 256 |" in bench.markdown(results)
 
 
 def test_a_step_too_big_for_the_machine_is_skipped_with_the_memory_it_needs(monkeypatch):

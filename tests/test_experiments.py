@@ -79,7 +79,7 @@ def test_sec02_repeats_one_budget_96_and_another_16_times_at_every_scale(scale):
 
 @pytest.mark.parametrize("command, expected", [
     ("flops", "| this config | MoE 16x2560 k=6 +2 shared (ec) | 8,148,476,928 | 1,762,649,088 |"),
-    ("plan", "fits: yes"),
+    ("plan", "yes with full remat"),
 ])
 def test_flops_and_plan_take_an_experiment_id_at_a_scale(command, expected):
     """sec06/ec_16e at the paper scale: 16 experts of 4x the width, same total and active parameters."""
