@@ -33,6 +33,9 @@ def get_config(arg=None):
         # heads-major with a FlashAttention-style backward) | splash (the Pallas TPU kernel) |
         # splash_interpret (the same through the Pallas interpreter, any backend) | cudnn (GPU)
         attention_impl="auto",
+        # The training loss makes the head's float32 logits this many positions at a time (a
+        # rematerialised loop), so [batch, seq, vocab] is never held at once; 0 = all positions.
+        head_chunk=0,
         # Activation rematerialisation (recompute in the backward pass instead of storing):
         # none | block (each layer keeps only its input) | attention (each attention recomputes its
         # scores and probabilities; projections are kept). README "Performance" has the trade-off.

@@ -16,7 +16,8 @@ Assumptions (estimates, not measurements):
     while that layer runs; with full remat 2 s b d per layer (its input) plus that same transient;
     s b = tokens on the chip, a = heads (both divided by `tensor`); the plan reports both; plus the
     output head's float32 logits and their gradient, 8 s b V bytes, which the head computes for all
-    of the chip's tokens at once (at the paper shape the largest single activation);
+    of the chip's tokens at once (at the paper shape the largest single activation), or for one chunk
+    of `model.head_chunk` positions of each row at a time;
   - expert all-to-all: 4 per MoE layer and step (dispatch + combine, forward + backward), each moving
     tokens x k cf x d bf16 values, the share (expert - 1) / expert leaving the chip;
   - step time >= max(compute at peak, expert all-to-all over ICI, gradient all-reduce of the parameters
@@ -109,7 +110,8 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     s, d, L, a = config.data.seq_len, m.d_model, m.num_layers, m.num_heads
     transient = 8 * a * s * tokens_chip / mesh["tensor"]   # one layer's fp32 scores + probabilities
     vocab = flops.model_config(config).vocab_size
-    logits = tokens_chip * vocab * 4 * 2 / mesh["tensor"]   # the fp32 logits and their gradient
+    held = m.head_chunk / s if m.head_chunk else 1.0        # model.head_chunk: one chunk of positions
+    logits = tokens_chip * held * vocab * 4 * 2 / mesh["tensor"]   # the fp32 logits and their gradient
     act_none = L * tokens_chip * d * 34 / mesh["tensor"] + transient + logits
     act_full = L * tokens_chip * d * 2 + transient + logits
     flops_step = flops.train_flops_per_token(flops.model_config(config), s) * tokens

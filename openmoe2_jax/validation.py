@@ -94,6 +94,7 @@ FIELDS: dict[str, Check] = {
     "model.param_dtype": DTYPES,
     "model.remat": one_of("none", "block", "attention"),
     "model.attention_impl": one_of(*layers.ATTENTION_IMPLS),
+    "model.head_chunk": nonneg_int,
     "moe.routing": one_of("ec", "tc"),
     "moe.num_experts": positive_int,
     "moe.num_shared_experts": nonneg_int,
@@ -227,6 +228,9 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
     if head_dim % 2:
         raise ConfigError(f"config.model: head_dim = {head_dim} (d_model / num_heads, or "
                           "config.model.head_dim) must be even for rotary position embeddings.")
+    if m.head_chunk and config.data.seq_len % m.head_chunk:
+        raise ConfigError(f"config.model.head_chunk = {m.head_chunk} does not divide config.data.seq_len = "
+                          f"{config.data.seq_len}: the head's chunks must be whole; use a divisor or 0.")
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(
             f"config.model.num_kv_heads = {m.num_kv_heads} must divide config.model.num_heads = "

@@ -147,3 +147,52 @@ def test_weight_decay_skips_norm_scales():
     from openmoe2_jax.runtime import optimizer
     mask = optimizer.decay_mask({"w": jnp.ones((2, 2)), "norm": {"scale": jnp.ones(2)}})
     assert mask == {"w": True, "norm": {"scale": False}}
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "ar"])
+def test_the_chunked_head_equals_full_logits_in_loss_metrics_and_gradients(config, kind):
+    """model.head_chunk: the training loss from logits made 8 positions at a time equals the loss from
+    the whole [b, s, V] logits (values, metrics, gradients of every parameter)."""
+    from openmoe2_jax import objectives  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.data.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.models.transformer import ModelConfig, Transformer, apply_fn  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.runtime import state as state_lib  # pylint: disable=import-outside-toplevel
+    config.objective.update(kind=kind, random_length_prob=1.0)    # padding in every batch, to be sure
+    config.moe.routing = "tc" if kind == "ar" else "ec"
+    config.model.head_chunk = 8
+    tok = get_tokenizer()
+    model = Transformer(ModelConfig.from_config(config, tok.num_ids))
+    tokens = jax.random.randint(jax.random.key(0), (8, 32), 0, 1000)
+    params = state_lib.strip_boxes(model.init(jax.random.key(1), tokens)["params"])
+    cfg = objectives.frozen_objective(config.objective)
+    results = {}
+    for chunked in (False, True):
+        loss = lambda p: objectives.loss_fn(kind)(apply_fn(model, chunked_head=chunked), p, tokens,
+                                                  jax.random.key(2), cfg, tok.mask_id)
+        results[chunked] = jax.value_and_grad(loss, has_aux=True)(params)
+    (full_loss, full_metrics), full_grads = results[False]
+    (loss, metrics), grads = results[True]
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+    for name, value in full_metrics.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, full_grads)
+
+
+def test_the_chunked_head_holds_a_chunk_of_logits_not_the_whole(config):
+    """With cl100k's 100,352-id head the float32 logits of the step are the largest activation: the
+    compiled train step's temporaries shrink when they are made 4 positions (of 32) at a time."""
+    from openmoe2_jax.data.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.runtime import build  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.train import loop  # pylint: disable=import-outside-toplevel
+    tok = get_tokenizer()
+    temps = {}
+    for chunk in (0, 4):
+        config.model.head_chunk = chunk
+        config.mesh.update(data=1)
+        built = build.build(config, tok.num_ids, jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1),
+                                                                   ("data", "fsdp", "expert", "tensor")))
+        step = loop.jit_train_step(config, built.model, built.tx, built.mesh, built.state_shardings, tok.mask_id)
+        tokens = jax.ShapeDtypeStruct((8, 32), jnp.int32, sharding=built.batch_sharding)
+        temps[chunk] = step.lower(built.abstract, tokens).compile().memory_analysis().temp_size_in_bytes
+    logits = 8 * 32 * built.model_cfg.vocab_size * 4
+    assert temps[4] < temps[0] - logits, temps

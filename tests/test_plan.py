@@ -45,6 +45,9 @@ def test_plan_arithmetic_by_hand():
     vocab = flops.model_config(config).vocab_size
     logits = tokens_chip * vocab * 4 * 2                  # the float32 logits and their gradient
     assert flat["logits_bytes"] == logits
+    config.model.head_chunk = 32                          # a quarter of the 128 positions at a time
+    assert plan.plan(config, chip, 2, dict(data=2))["logits_bytes"] == logits / 4
+    config.model.head_chunk = 0
     assert flat["activation_bytes_full_remat"] == 4 * tokens_chip * 64 * 2 + transient + logits
     assert flat["activation_bytes_no_remat"] == pytest.approx(4 * tokens_chip * 64 * 34 + transient + logits)
     # Evaluation: float32 parameters only (no AdamW, no gradients) + scores and the logits of a batch.

@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -41,6 +42,7 @@ class ModelConfig:
     dense_mlp_dim: int = 0
     remat: str = "none"              # none | block | attention (config.model.remat)
     attention_impl: str = "auto"     # config.model.attention_impl (layers.dot_product_attention)
+    head_chunk: int = 0              # config.model.head_chunk: training loss's positions per head chunk
 
     def is_moe_layer(self, i: int) -> bool:
         return self.moe is not None and i >= self.first_dense_layers
@@ -72,7 +74,7 @@ class ModelConfig:
                    moe=resolve_moe(config.moe, resolve.step_tokens(config), batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
                    dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
-                   remat=m.remat, attention_impl=m.attention_impl)
+                   remat=m.remat, attention_impl=m.attention_impl, head_chunk=m.head_chunk)
 
 
 def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
@@ -124,12 +126,22 @@ class Block(nn.Module):
         return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
+class Hidden(flax.struct.PyTreeNode):
+    """The model's output before its head (apply_fn with chunked_head and head_chunk > 0): the final
+    hidden states and the head's weights, so that a loss (objectives.common.ce_and_hits) can make the logits `chunk` positions at a
+    time and never hold [b, s, V] at once."""
+    x: jax.Array                                           # [b, s, d], compute dtype
+    head: jax.Array                                        # [d, V], parameter dtype
+    chunk: int = flax.struct.field(pytree_node=False)      # positions per chunk (divides s)
+
+
 class Transformer(nn.Module):
-    """tokens [batch, seq] int -> logits [batch, seq, vocab] float32."""
+    """tokens [batch, seq] int -> logits [batch, seq, vocab] float32 (hidden_only: the final hidden
+    states [batch, seq, d_model] before the head, whose weights stay params["head"])."""
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, valid=None):
+    def __call__(self, tokens, valid=None, hidden_only: bool = False):
         c = self.cfg
         dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -143,22 +155,30 @@ class Transformer(nn.Module):
         x = layers.RMSNorm(c.norm_eps, dt, pdt, name="final_norm")(x)
         head = layers.param_with_axes(self, "head", layers.normal_init(c.init_std),
                                       (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)
+        if hidden_only:
+            return x
         # A 2-D matmul: XLA:CPU runs the backward of the 3-D einsum ~4x slower (measured).
         logits = (x.reshape(-1, c.d_model) @ head.astype(dt)).reshape(*x.shape[:2], c.vocab_size)
         logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
-def apply_fn(model: nn.Module):
-    """(params, tokens, valid) -> (logits, aux).
+def apply_fn(model: nn.Module, chunked_head: bool = False):
+    """(params, tokens, valid) -> (logits, aux); with chunked_head and model.cfg.head_chunk > 0,
+    (objectives.common.Hidden, aux) instead of logits: the training loss then makes the logits a
+    chunk of positions at a time (config.model.head_chunk).
 
     The one place that reads what models/moe.py sows: aux["aux_loss"] is the sum of the MoE layers'
     weighted auxiliary losses (z-loss, load balance), the term every objective adds to its loss;
     aux["moe/<layer>/<stat>"] and aux["moe/<stat>"] (mean over MoE layers) are routing statistics.
     """
+    chunk = model.cfg.head_chunk if chunked_head else 0
+
     def apply(params, tokens, valid):
-        logits, sown = model.apply({"params": params}, tokens, valid,
+        logits, sown = model.apply({"params": params}, tokens, valid, chunk > 0,
                                    mutable=["moe_stats", "moe_losses"])
+        if chunk:
+            logits = Hidden(x=logits, head=params["head"], chunk=chunk)
         aux = {}
         losses = jax.tree.leaves(sown.get("moe_losses", {}))
         if losses:

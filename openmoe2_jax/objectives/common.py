@@ -1,6 +1,9 @@
-"""Pieces both objectives share: cross-entropy and the random-length padding mask."""
+"""Pieces both objectives share: cross-entropy (from logits, or from the final hidden states and the
+head a chunk of positions at a time) and the random-length padding mask."""
 import jax
 import jax.numpy as jnp
+
+from openmoe2_jax.models.transformer import Hidden
 
 
 def cross_entropy(logits, targets):
@@ -18,6 +21,27 @@ def is_argmax(logits, targets):
     shares with the cross-entropy's, where a separate argmax would be another full pass."""
     picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
     return picked >= jnp.max(logits, axis=-1)
+
+
+def ce_and_hits(out, targets):
+    """(CE [b, s] float32, target-is-argmax [b, s] bool) of `targets` [b, s] under `out`: logits
+    [b, s, V], or Hidden, whose logits are made one chunk of positions at a time inside a
+    rematerialised loop (lax.map), so forward and backward hold [b, chunk, V] float32, not [b, s, V]."""
+    if not isinstance(out, Hidden):
+        return cross_entropy(out, targets), is_argmax(out, targets)
+    b, s, d = out.x.shape
+    n, c = s // out.chunk, out.chunk
+    to_chunks = lambda a: jnp.moveaxis(a.reshape(b, n, c, *a.shape[2:]), 1, 0)     # [n, b, c, ...]
+    from_chunks = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, s)
+
+    @jax.checkpoint
+    def chunk(x, t):
+        # the model's own head: a 2-D matmul in the compute dtype, then float32 (models/transformer.py)
+        logits = (x.reshape(-1, d) @ out.head.astype(x.dtype)).reshape(b, c, -1).astype(jnp.float32)
+        return cross_entropy(logits, t), is_argmax(logits, t)
+
+    ce, hits = jax.lax.map(lambda xt: chunk(*xt), (to_chunks(out.x), to_chunks(targets)))
+    return from_chunks(ce), from_chunks(hits)
 
 
 def random_length_valid(rng, shape, prob: float, buckets):

@@ -46,7 +46,11 @@ def weighted_masked_loss(logits, targets, masked, weight, valid):
 
     logits [b, s, v]; targets, masked, valid [b, s]; weight [b] -> scalar float32.
     """
-    ce = common.cross_entropy(logits, targets)
+    return masked_mean(common.cross_entropy(logits, targets), masked, weight, valid)
+
+
+def masked_mean(ce, masked, weight, valid):
+    """The loss of weighted_masked_loss from the per-position CE [b, s]."""
     per_row = jnp.sum(jnp.where(masked, ce, 0.0), axis=1) / weight
     return jnp.sum(per_row) / jnp.maximum(valid.sum(), 1)
 
@@ -58,11 +62,12 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
                                        cfg.random_length_buckets)
     t = sample_t(r_t, tokens.shape[0], cfg.t_eps, cfg.low_discrepancy)
     noisy, masked = corrupt(r_mask, tokens, t, valid, mask_id)
-    logits, aux = apply_fn(params, noisy, valid)
+    out, aux = apply_fn(params, noisy, valid)       # logits, or common.Hidden (model.head_chunk)
     ratio = masked.sum(axis=1) / jnp.maximum(valid.sum(axis=1), 1)
     weight = t if cfg.weight == "t" else ratio
-    value = weighted_masked_loss(logits, tokens, masked, weight, valid)
-    correct = common.is_argmax(logits, tokens) & masked
+    ce, hits = common.ce_and_hits(out, tokens)
+    value = masked_mean(ce, masked, weight, valid)
+    correct = hits & masked
     metrics = dict(
         diffusion_loss=value, objective_loss=value,
         masked_accuracy=correct.sum() / jnp.maximum(masked.sum(), 1),

@@ -12,7 +12,7 @@ from openmoe2_jax.runtime.state import TrainState
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective_cfg, mask_id):
-    loss_fn = functools.partial(objectives.loss_fn(objective_cfg.kind), apply_fn(model),
+    loss_fn = functools.partial(objectives.loss_fn(objective_cfg.kind), apply_fn(model, chunked_head=True),
                                 cfg=objective_cfg, mask_id=mask_id)
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, metrics), grads = jax.value_and_grad(
