@@ -36,6 +36,10 @@ def get_config(arg=None):
         # The training loss makes the head's float32 logits this many positions at a time (a
         # rematerialised loop), so [batch, seq, vocab] is never held at once; 0 = all positions.
         head_chunk=0,
+        # The layers after moe.first_dense_layers (all of a dense model) under nn.scan: one compiled
+        # layer body, parameters stacked on a leading `layers` axis (export and an upcycling source
+        # read them unrolled; an upcycled MoE is built unrolled).
+        scan_layers=False,
         # Activation rematerialisation (recompute in the backward pass instead of storing):
         # none | block (each layer keeps only its input) | attention (each attention recomputes its
         # scores and probabilities; projections are kept). README "Performance" has the trade-off.

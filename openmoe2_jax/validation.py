@@ -95,6 +95,7 @@ FIELDS: dict[str, Check] = {
     "model.remat": one_of("none", "block", "attention"),
     "model.attention_impl": one_of(*layers.ATTENTION_IMPLS),
     "model.head_chunk": nonneg_int,
+    "model.scan_layers": boolean,
     "moe.routing": one_of("ec", "tc"),
     "moe.num_experts": positive_int,
     "moe.num_shared_experts": nonneg_int,
@@ -228,6 +229,9 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
     if head_dim % 2:
         raise ConfigError(f"config.model: head_dim = {head_dim} (d_model / num_heads, or "
                           "config.model.head_dim) must be even for rotary position embeddings.")
+    if m.scan_layers and m.ffn == "moe" and config.moe.upcycle_from:
+        raise ConfigError("config.moe.upcycle_from with config.model.scan_layers = True: upcycling fills "
+                          "unrolled layers; upcycle with scan_layers = False (the dense source may be scanned).")
     if m.head_chunk and config.data.seq_len % m.head_chunk:
         raise ConfigError(f"config.model.head_chunk = {m.head_chunk} does not divide config.data.seq_len = "
                           f"{config.data.seq_len}: the head's chunks must be whole; use a divisor or 0.")

@@ -55,6 +55,8 @@ CONFIG_CASES = [
     (lambda c: c.moe.update(routing="tc", top_k=1), "top_k = 1 with a post-softmax token-choice"),
     (lambda c: c.moe.update(num_experts=5, top_k=2), "num_experts = 5 is not divisible by the mesh's expert"),
     (lambda c: c.moe.update(group_tokens=96), "group_tokens = 96 does not split"),
+    (lambda c: c.model.update(head_chunk=7), "config.model.head_chunk = 7 does not divide config.data.seq_len = 32"),
+    (lambda c: c.model.update(attention_impl="flash"), "config.model.attention_impl"),
     (lambda c: (c.train.__setitem__("batch_size", 24), c.moe.update(group_tokens=64)),
      "group_tokens = 64 neither divides nor is a multiple of the 96 tokens a batch shard holds"),
     (lambda c: c.moe.__setitem__("routing", "hash"), "config.moe.routing = 'hash'"),

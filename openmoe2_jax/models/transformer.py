@@ -43,6 +43,15 @@ class ModelConfig:
     remat: str = "none"              # none | block | attention (config.model.remat)
     attention_impl: str = "auto"     # config.model.attention_impl (layers.dot_product_attention)
     head_chunk: int = 0              # config.model.head_chunk: training loss's positions per head chunk
+    scan_layers: bool = False        # config.model.scan_layers: the identical layers under nn.scan
+
+    @property
+    def scan_from(self) -> int:
+        """The first layer of the scanned stack (num_layers: none scanned). The first-N dense layers of
+        an MoE model stay unrolled."""
+        if not self.scan_layers:
+            return self.num_layers
+        return self.first_dense_layers if self.moe is not None else 0
 
     def is_moe_layer(self, i: int) -> bool:
         return self.moe is not None and i >= self.first_dense_layers
@@ -74,7 +83,8 @@ class ModelConfig:
                    moe=resolve_moe(config.moe, resolve.step_tokens(config), batch_shards) if m.ffn == "moe" else None,
                    first_dense_layers=config.moe.first_dense_layers if m.ffn == "moe" else 0,
                    dense_mlp_dim=(config.moe.dense_mlp_dim or m.mlp_dim) if m.ffn == "moe" else m.mlp_dim,
-                   remat=m.remat, attention_impl=m.attention_impl, head_chunk=m.head_chunk)
+                   remat=m.remat, attention_impl=m.attention_impl, head_chunk=m.head_chunk,
+                   scan_layers=m.scan_layers)
 
 
 def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
@@ -135,6 +145,18 @@ class Hidden(flax.struct.PyTreeNode):
     chunk: int = flax.struct.field(pytree_node=False)      # positions per chunk (divides s)
 
 
+class ScannedBlock(nn.Module):
+    """A Block as nn.scan's body: (x, positions, valid) -> (x', None); `index` is the first scanned
+    layer's (every scanned layer is of the same kind)."""
+    cfg: ModelConfig
+    index: int
+
+    @nn.compact
+    def __call__(self, x, positions, valid):
+        block = nn.remat(Block) if self.cfg.remat == "block" else Block
+        return block(self.cfg, self.index, name="block")(x, positions, valid), None
+
+
 class Transformer(nn.Module):
     """tokens [batch, seq] int -> logits [batch, seq, vocab] float32 (hidden_only: the final hidden
     states [batch, seq, d_model] before the head, whose weights stay params["head"])."""
@@ -150,8 +172,15 @@ class Transformer(nn.Module):
         x = jnp.take(embedding, tokens, axis=0).astype(dt)          # [b, s, d]
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         block = nn.remat(Block) if c.remat == "block" else Block  # block: keep only each layer's input
-        for i in range(c.num_layers):
+        for i in range(c.scan_from):
             x = block(c, i, name=f"layer_{i}")(x, positions, valid)
+        if c.scan_from < c.num_layers:
+            # the identical layers as one compiled body: parameters and sown values stacked on a
+            # leading `layers` axis (replicated: parallel/sharding.py)
+            stack = nn.scan(ScannedBlock, variable_axes={"params": 0, "moe_stats": 0, "moe_losses": 0},
+                            split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+                            length=c.num_layers - c.scan_from, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(c, c.scan_from, name="layers")(x, positions, valid)
         x = layers.RMSNorm(c.norm_eps, dt, pdt, name="final_norm")(x)
         head = layers.param_with_axes(self, "head", layers.normal_init(c.init_std),
                                       (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)
@@ -161,6 +190,18 @@ class Transformer(nn.Module):
         logits = (x.reshape(-1, c.d_model) @ head.astype(dt)).reshape(*x.shape[:2], c.vocab_size)
         logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def unstacked(params: dict, scan_from: int) -> dict:
+    """The parameters of a model.scan_layers model as the unrolled model's (layer_i for every layer):
+    the stacked `layers` tree split along its leading axis. Unrolled parameters pass unchanged."""
+    if "layers" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    stack = params["layers"]["block"]
+    for i in range(jax.tree.leaves(stack)[0].shape[0]):
+        out[f"layer_{scan_from + i}"] = jax.tree.map(lambda a, i=i: a[i], stack)
+    return out
 
 
 def apply_fn(model: nn.Module, chunked_head: bool = False):
@@ -180,11 +221,17 @@ def apply_fn(model: nn.Module, chunked_head: bool = False):
         if chunk:
             logits = Hidden(x=logits, head=params["head"], chunk=chunk)
         aux = {}
-        losses = jax.tree.leaves(sown.get("moe_losses", {}))
+        losses = jax.tree.leaves(sown.get("moe_losses", {}))    # scanned layers: stacked [layers]
         if losses:
-            aux["aux_loss"] = sum(losses)
+            aux["aux_loss"] = sum(jnp.sum(loss) for loss in losses)
         per_stat = {}
         for layer, stats in sown.get("moe_stats", {}).items():
+            if layer == "layers":                                # the scanned stack, one row a layer
+                for name, (values,) in stats["block"]["moe"].items():
+                    for i, value in enumerate(values):
+                        aux[f"moe/layer_{model.cfg.scan_from + i}/{name}"] = value
+                        per_stat.setdefault(name, []).append(value)
+                continue
             for name, (value,) in stats["moe"].items():
                 aux[f"moe/{layer}/{name}"] = value
                 per_stat.setdefault(name, []).append(value)

@@ -38,6 +38,7 @@ RULES = (
     ("mlp", "tensor"),
     ("exp", "expert"),
     ("norm", None),
+    ("layers", None),                         # the stacked axis of model.scan_layers
 )
 
 

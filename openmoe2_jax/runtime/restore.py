@@ -25,7 +25,7 @@ from openmoe2_jax import validation
 from openmoe2_jax.configs import base, renames, resolve
 from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, unstacked
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.runtime import checkpoint, paths, state as state_lib
@@ -172,13 +172,15 @@ def load_params(workdir: epath.PathLike, step: int | None = None) -> TrainedPara
     """The parameters of `workdir`'s latest (or given) checkpoint as host NumPy arrays, and what they
     need to be understood. Only the params are read (not the optimizer moments: one copy of the
     parameters in memory, no device). A checkpoint of another model than config.json builds is refused
-    (CheckpointError naming the first differing parameters)."""
+    (CheckpointError naming the first differing parameters). A model.scan_layers run's stacked layers
+    come back unrolled (layer_i), with a model_cfg to match."""
     config, tokenizer, checkpoints, step = _open_checkpoint(workdir, step)
     routing = checkpoints.recorded_routing(step)
     model_cfg = ModelConfig.from_config(config, tokenizer.num_ids, routing["groups"] if routing else 1)
     abstract = abstract_params(ModelConfig.from_config(config, tokenizer.num_ids))
     checkpoints.check_compatible(step, abstract, subtree="params")
-    params = checkpoints.restore_params(step, abstract)
+    params = unstacked(checkpoints.restore_params(step, abstract), model_cfg.scan_from)
+    model_cfg = dataclasses.replace(model_cfg, scan_layers=False)
     return TrainedParams(config=config, tokenizer=tokenizer, model_cfg=model_cfg, params=params,
                          step=step, routing=routing)
 

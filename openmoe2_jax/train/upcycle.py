@@ -19,6 +19,7 @@ import json
 import numpy as np
 import orbax.checkpoint as ocp
 
+from openmoe2_jax.models.transformer import unstacked
 from openmoe2_jax.runtime import paths
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
@@ -40,7 +41,7 @@ def load_dense_params(workdir: str) -> dict:
     if step is None:
         raise CheckpointError(f"config.moe.upcycle_from = {workdir!r}: {ckpt_dir} holds no checkpoint.")
     restored = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
-    return restored["params"]
+    return unstacked(restored["params"], scan_from=0)   # a dense run with model.scan_layers: every layer
 
 
 def _expect(name, got, want):
