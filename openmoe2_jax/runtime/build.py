@@ -1,8 +1,9 @@
 """The one set-up of a config on a mesh: the model, the optimizer and where every array lives.
 
-The trainer (train/loop.py) and the speed benchmark (bench.py) build their runs here, so the model
-they time is the model that trains, sharded the same way; evaluation restores parameters into the
-same layout (runtime/restore.py: the parameter shardings come from the same logical-axis rules).
+The trainer (train/loop.py) and the speed benchmark (bench.py) build their runs here (`build`), so
+the model they time is the model that trains, sharded the same way; evaluation, sampling and export
+restore parameters alone into the layout `abstract_params` gives here (runtime/restore.py), from
+the same model and the same logical-axis rules, without optimizer state.
 Nothing is allocated: the state is abstract until `state_lib.create` (fresh) or a restore (resumed).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from openmoe2_jax.models.transformer import ModelConfig, Transformer
@@ -42,3 +44,25 @@ def build(config, num_ids: int, mesh: jax.sharding.Mesh | None = None) -> Built:
         abstract, state_shardings = state_lib.abstract_state(init, mesh)
     return Built(mesh=mesh, model_cfg=model_cfg, model=model, tx=tx, init=init, abstract=abstract,
                  state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh))
+
+
+def with_groups(model_cfg: ModelConfig, groups: int, batch_shards: int = 1) -> ModelConfig:
+    """`model_cfg` routing `groups` batch-level groups per forward pass of a batch split over
+    `batch_shards` shards (a dense model: unchanged)."""
+    if model_cfg.moe is None:
+        return model_cfg
+    return dataclasses.replace(model_cfg, moe=dataclasses.replace(
+        model_cfg.moe, num_groups=groups, group_spans_shards=groups % batch_shards != 0))
+
+
+def abstract_params(model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """The parameter tree `model_cfg` builds, as ShapeDtypeStructs (nothing allocated), with their
+    shardings on `mesh` by the logical-axis rules if one is given. The shapes do not depend on the
+    routing groups: it is traced with one group of one token."""
+    model = Transformer(with_groups(model_cfg, 1))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    plain = state_lib.strip_boxes(boxed)
+    if mesh is None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), plain)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        plain, sharding.logical_sharding(boxed, mesh))

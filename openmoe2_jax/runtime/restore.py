@@ -17,7 +17,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
@@ -28,7 +27,8 @@ from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
 from openmoe2_jax.models.transformer import ModelConfig, Transformer, unstacked
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.errors import ConfigError
-from openmoe2_jax.runtime import checkpoint, paths, state as state_lib
+from openmoe2_jax.runtime import checkpoint, paths
+from openmoe2_jax.runtime.build import abstract_params, with_groups  # noqa: F401 (restore.* for callers)
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
@@ -129,15 +129,6 @@ def routing_groups(routing: dict | None, tokens: int, what: str) -> int:
     return tokens // per_group
 
 
-def with_groups(model_cfg: ModelConfig, groups: int, batch_shards: int = 1) -> ModelConfig:
-    """`model_cfg` routing `groups` batch-level groups per forward pass of a batch split over
-    `batch_shards` shards (a dense model: unchanged)."""
-    if model_cfg.moe is None:
-        return model_cfg
-    return dataclasses.replace(model_cfg, moe=dataclasses.replace(
-        model_cfg.moe, num_groups=groups, group_spans_shards=groups % batch_shards != 0))
-
-
 def _routing(checkpoints, step: int, config, model_cfg: ModelConfig) -> dict | None:
     """The checkpoint's routing record; for a grouped model saved before records existed, the groups
     config.moe.group_tokens gives (0 read as the whole step: such runs trained on one device)."""
@@ -183,16 +174,3 @@ def load_params(workdir: epath.PathLike, step: int | None = None) -> TrainedPara
     model_cfg = dataclasses.replace(model_cfg, scan_layers=False)
     return TrainedParams(config=config, tokenizer=tokenizer, model_cfg=model_cfg, params=params,
                          step=step, routing=routing)
-
-
-def abstract_params(model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """The parameter tree `model_cfg` builds, as ShapeDtypeStructs (nothing allocated), with their
-    shardings on `mesh` by the logical-axis rules if one is given. The shapes do not depend on the
-    routing groups: it is traced with one group of one token."""
-    model = Transformer(with_groups(model_cfg, 1))
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    plain = state_lib.strip_boxes(boxed)
-    if mesh is None:
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), plain)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        plain, sharding.logical_sharding(boxed, mesh))
