@@ -55,7 +55,7 @@ def get_config(arg=None):
         shared_gating="none",      # none: shared output added with weight 1 | router: shared experts
                                    # get router logits and share the gate normalisation
         top_k=6,                   # k: TC experts per token; EC capacity C = N k cf / E (same FLOPs)
-        ec_group="batch",          # batch (tokens of one data-parallel replica) | sequence
+        ec_group="batch",          # batch (groups of moe.group_tokens tokens) | sequence (one per row)
         group_tokens=0,            # batch-level routing (EC, TC with a capacity): tokens routed together,
                                    # the model's function; 0 = one data-parallel replica's tokens
                                    # (batch x seq / (data x fsdp x expert)); up to the whole step

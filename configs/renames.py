@@ -25,6 +25,11 @@ RENAMED = {
 }
 
 
+# what to say beside the new name when its value is not the old one's
+HINTS = {"moe.group_tokens": " (tokens per routing group: train.batch_size x data.seq_len / the old "
+                             "num_groups; 0 as before)"}
+
+
 def new_name(old: str) -> str | None:
     """The current dotted name of a field renamed from `old` (e.g. 'moe.router'), else None."""
     return RENAMED[old][0] if old in RENAMED else None

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from openmoe2_jax import flops, validation
-from openmoe2_jax.configs import scales
+from openmoe2_jax.configs import resolve, scales
 from openmoe2_jax.data import tokenizer
 from openmoe2_jax.models import layers
 from openmoe2_jax.models.moe import MoEFFN
@@ -204,7 +204,7 @@ def measure(config, num_ids: int, *, repeats: int = 3, warmup: int = 1, ceiling_
             temp_2x = step.lower(built.abstract, tokens_2x).compile().memory_analysis().temp_size_in_bytes
 
     step_s = float(np.median(times))
-    tokens_per_step = batch * seq
+    tokens_per_step = resolve.step_tokens(config)
     flops_per_token = flops.train_flops_per_token(model_cfg, seq)
     achieved = flops_per_token * tokens_per_step / step_s
     counts = flops.param_counts(model_cfg)
@@ -278,7 +278,7 @@ def pod_need(topology: str = "v5p-256") -> dict:
     chip, chips = plan.parse_topology(topology)
     best = plan.suggest(config, chip, chips)
     hosts = max(1, chips // TPU_CHIPS_PER_HOST)
-    tokens = config.train.batch_size * config.data.seq_len // hosts
+    tokens = resolve.step_tokens(config) // hosts
     return dict(topology=topology, hosts=hosts, tokens_per_host_step=tokens, mesh=best["mesh"],
                 step_seconds_lower_bound=best["step_seconds_lower_bound"],
                 tokens_per_second_per_host=tokens / best["step_seconds_lower_bound"])

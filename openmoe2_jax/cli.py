@@ -127,7 +127,8 @@ def _unknown_field(keys: list[str], error: Exception) -> str:
             parent = ".".join(parts[:parts.index(name, 1)])
             renamed = renames.new_name(".".join(parts[1:parts.index(name, 1) + 1]))
             if renamed:
-                return f"--{key}: the field {name!r} is now config.{renamed}; use --config.{renamed}=..."
+                return (f"--{key}: the field {name!r} is now config.{renamed}; use --config.{renamed}=..."
+                        + renames.HINTS.get(renamed, ""))
             return (f"--{key}: {parent} has no field {name!r}.{' ' + hint[0] if hint else ''} "
                     "Every field is defined in configs/base.py.")
     return f"cannot apply the config overrides {', '.join('--' + k for k in keys)}: {text}"

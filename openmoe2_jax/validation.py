@@ -268,6 +268,11 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
     if num_devices is not None:
         shape = resolve_mesh_shape(config.mesh, num_devices)
         batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]
+        if layers.attention_impl(m.attention_impl, m.dtype).startswith("splash") and m.num_heads % shape["tensor"]:
+            raise ConfigError(
+                f"config.model.num_heads = {m.num_heads} is not divisible by the mesh's tensor axis "
+                f"({shape['tensor']}): splash attention runs on whole heads per device "
+                f"(config.model.attention_impl = {m.attention_impl!r}).")
         if config.train.batch_size % batch_shards:
             raise ConfigError(
                 f"config.train.batch_size = {config.train.batch_size} is not divisible by the "

@@ -212,6 +212,12 @@ def test_scanned_layers_equal_the_unrolled_stack(config, ffn):
     shapes = jax.eval_shape(lambda: state_lib.strip_boxes(scanned.init(jax.random.key(1), tokens)["params"]))
     stacked = _stacked(params, first, 4)
     assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(lambda a: a.shape, stacked)
+    # AdamW decays the same parameters (matrices, not the [layers, d] stacked norm scales)
+    from openmoe2_jax.runtime import optimizer  # pylint: disable=import-outside-toplevel
+    unrolled_mask = _stacked(optimizer.decay_mask(params), first, 4)
+    jax.tree.map(lambda m, u: np.testing.assert_array_equal(np.all(u), m), optimizer.decay_mask(stacked),
+                 unrolled_mask)
+    assert optimizer.decay_mask(stacked)["layers"]["block"]["attn_norm"]["scale"] is False
     cfg = objectives.frozen_objective(config.objective)
 
     def run(model, p):  # jitted, as training is (op by op, XLA:CPU rounds the unrolled stack otherwise)

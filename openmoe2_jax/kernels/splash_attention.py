@@ -12,7 +12,8 @@ neither in the forward nor in the backward, and skips the blocks a causal mask e
 - q is scaled by 1/sqrt(head_dim) before the kernel (splash does not scale), k/v heads are
   repeated to the query heads for grouped-query attention (as the XLA path does);
 - one kernel per example (`jax.vmap` over the batch), block sizes the largest of 512/256/128
-  dividing the sequence (the sequence itself when shorter than 128: interpret mode only).
+  dividing the sequence; the kernel needs whole 128-token blocks, so a sequence of another length
+  (a sampling canvas, an evaluation row) is padded up to one with padding segments and cut back.
 
 `interpret=True` runs the same kernel through the Pallas interpreter on any backend (tests on the
 CPU); on TPU the kernel lowers to Mosaic. The reference this must equal is
@@ -26,9 +27,13 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
 
+BLOCK = 128  # the kernel's blocks are whole multiples of this (TPU lanes; also checked when interpreted)
+
+
 def block_size(seq: int) -> int:
-    """The q and kv block: the largest of 512, 256, 128 that divides `seq`, else `seq` itself."""
-    return next((b for b in (512, 256, 128) if seq % b == 0), seq)
+    """The q and kv block for a sequence of `seq` (a multiple of BLOCK): the largest of 512, 256, 128
+    that divides it."""
+    return next(b for b in (512, 256, 128) if seq % b == 0)
 
 
 def attention(q, k, v, valid, causal: bool, interpret: bool = False):
@@ -37,6 +42,10 @@ def attention(q, k, v, valid, causal: bool, interpret: bool = False):
     if k.shape[2] != h:
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
+    if s % BLOCK:  # pad to whole blocks: the pad is segment 0, which no real token attends
+        pad = -s % BLOCK
+        q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+        return attention(q, k, v, jnp.pad(valid, ((0, 0), (0, pad))), causal, interpret)[:, :s]
     blk = block_size(s)
     sizes = kernel_lib.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
                                   block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)

@@ -15,8 +15,12 @@ def schedule(train_config) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """True for matrices (decayed), False for vectors (norm scales)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """True for matrices (decayed), False for vectors (norm scales). Under model.scan_layers a
+    parameter of the stacked `layers` tree has one more (leading) axis than the layer's own."""
+    def per_layer_ndim(path, p):
+        stacked = any(getattr(k, "key", None) == "layers" for k in path)
+        return p.ndim - 1 if stacked else p.ndim
+    return jax.tree_util.tree_map_with_path(lambda path, p: per_layer_ndim(path, p) >= 2, params)
 
 
 def make(train_config) -> optax.GradientTransformation:
