@@ -109,12 +109,13 @@ def plan(config, chip: Chip, chips: int, mesh_shape: dict, leaves=None) -> dict:
     tokens_chip = tokens / batch_shards
     s, d, L, a = config.data.seq_len, m.d_model, m.num_layers, m.num_heads
     transient = 8 * a * s * tokens_chip / mesh["tensor"]   # one layer's fp32 scores + probabilities
-    vocab = flops.model_config(config).vocab_size
+    model_cfg = flops.model_config(config)
+    vocab = model_cfg.vocab_size
     held = m.head_chunk / s if m.head_chunk else 1.0        # model.head_chunk: one chunk of positions
     logits = tokens_chip * held * vocab * 4 * 2 / mesh["tensor"]   # the fp32 logits and their gradient
     act_none = L * tokens_chip * d * 34 / mesh["tensor"] + transient + logits
     act_full = L * tokens_chip * d * 2 + transient + logits
-    flops_step = flops.train_flops_per_token(flops.model_config(config), s) * tokens
+    flops_step = flops.train_flops_per_token(model_cfg, s) * tokens
     compute_s = flops_step / (chips * chip.bf16_flops)
     moe_layers = (L - config.moe.first_dense_layers) if m.ffn == "moe" else 0
     k_eff = resolve.experts_per_token(config.moe)

@@ -7,7 +7,7 @@ from absl import app, flags
 
 from openmoe2_jax import cli
 from openmoe2_jax.eval import generate
-from openmoe2_jax.models.transformer import Transformer
+from openmoe2_jax.models.transformer import Transformer, with_groups
 from openmoe2_jax.progress import Progress
 from openmoe2_jax.runtime import restore
 
@@ -30,7 +30,7 @@ def main(argv):
     tok = trained.tokenizer
     # A sample is one row: each forward pass routes its tokens as one group (batch-level EC cannot
     # group them as training did, which routed groups of many rows; evaluation can, see eval).
-    forward = generate.make_forward(Transformer(restore.with_groups(trained.model_cfg, 1)), trained.params)
+    forward = generate.make_forward(Transformer(with_groups(trained.model_cfg, 1)), trained.params)
     prompt = tok.encode(_PROMPT.value)
     progress = Progress("sample", 0, "forward passes")
     if trained.config.objective.kind == "ar":

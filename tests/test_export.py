@@ -15,7 +15,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from openmoe2_jax.export import ExportError, export_workdir, layout, load_export, reference, write_export
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, with_groups
 from openmoe2_jax.runtime import restore
 from openmoe2_jax.runtime.checkpoint import CheckpointError
 from openmoe2_jax.train import loop
@@ -92,7 +92,7 @@ def test_reference_forward_from_the_files_equals_the_jax_model(kind, tmp_path):
         one_group = reference.forward(config, weights, tokens, tokens_per_group=B * S)
         assert np.abs(one_group - ours).max() > 1e-3 * np.abs(ours).max()
         if kind == "ec_batch":  # and routes as the JAX model does with one group
-            _close(one_group, _jax_logits(layout.with_groups(cfg, 1), params, tokens))
+            _close(one_group, _jax_logits(with_groups(cfg, 1), params, tokens))
     if kind == "tc_capacity":  # the capacity drops assignments: dropless TC gives other logits
         dropless_config = dict(config, moe=dict(config["moe"], routing="tc_dropless"))
         dropless = reference.forward(dropless_config, weights, tokens)
@@ -134,7 +134,7 @@ def test_round_trip_is_bit_identical_and_single_file_is_plain_safetensors(tmp_pa
     np.testing.assert_array_equal(plain["layers.0.ffn.w_down"], params["layer_0"]["ffn"]["w_down"])
     assert plain["layers.1.moe.experts.w_down"].shape == (4, 16, 32)       # experts first: [E, f, d]
     # ... and the model built from config.json alone computes the same logits.
-    rebuilt = layout.with_groups(layout.model_config(config), B * S // GROUP)
+    rebuilt = with_groups(layout.model_config(config), B * S // GROUP)
     np.testing.assert_array_equal(_jax_logits(rebuilt, loaded, _tokens()),
                                   _jax_logits(cfg, params, _tokens()))
 
@@ -270,7 +270,7 @@ def test_command_line_exports_a_trained_run(tmp_path):
                  params, trained.params)
     assert set(config["tokenizer"]["files"]) == {"tokenizer/bpe_300.json", "tokenizer/bpe_300.tiktoken"}
     tokens = np.random.default_rng(1).integers(0, 302, (2, 32))
-    model_cfg = layout.with_groups(trained.model_cfg, 2)                   # 64 tokens = 2 groups of 32
+    model_cfg = with_groups(trained.model_cfg, 2)                   # 64 tokens = 2 groups of 32
     diff = _close(reference.forward(*reference.load(str(out)), tokens),
                   _jax_logits(model_cfg, trained.params, tokens))
     print(f"trained EC run: max |reference - jax| = {diff[0]:.2e} ({diff[1]:.2e} of max |logit|)")

@@ -18,8 +18,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from openmoe2_jax.data import benchmarks, bpe  # noqa: E402
 from openmoe2_jax.eval import harness  # noqa: E402
-from openmoe2_jax.export import ExportError, export_workdir, layout, write_export, writer  # noqa: E402
-from openmoe2_jax.models.transformer import ModelConfig, Transformer  # noqa: E402
+from openmoe2_jax.export import ExportError, export_workdir, write_export, writer  # noqa: E402
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, with_groups  # noqa: E402
 from openmoe2_jax.objectives import likelihood  # noqa: E402
 from openmoe2_jax.runtime import restore  # noqa: E402
 from openmoe2_jax.runtime.checkpoint import CheckpointError  # noqa: E402
@@ -126,7 +126,7 @@ def test_multiple_choice_task_through_lm_eval_equals_the_projects_scorer(run, tm
     questions = [benchmarks.Question(q, tuple(" " + x for x in c), a) for q, c, a in QUESTIONS]
 
     def own_scorer(groups):
-        model = Transformer(layout.with_groups(trained.model_cfg, groups))
+        model = Transformer(with_groups(trained.model_cfg, groups))
         fn = likelihood.make_conditional_fn(model, False, trained.tokenizer.mask_id, MC)
         return benchmarks.score(questions, jax.jit(lambda *a: fn(trained.params, *a)), trained.tokenizer,
                                 32, ROWS, seed=3)

@@ -7,7 +7,7 @@ import pytest
 
 from openmoe2_jax import flops
 from openmoe2_jax.models import layers
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, with_groups
 
 
 def _model(config, causal):
@@ -252,7 +252,7 @@ def test_a_scanned_run_trains_and_reads_back_unrolled(config, tmp_path):
     assert set(plain.params) == {"embedding", "layer_0", "layer_1", "layer_2", "final_norm", "head"}
     tokens = jax.random.randint(jax.random.key(0), (8, 32), 0, 1000)
     model = scanned.model(8, 32)
-    unrolled = Transformer(restore.with_groups(plain.model_cfg, model.cfg.moe.num_groups))
+    unrolled = Transformer(with_groups(plain.model_cfg, model.cfg.moe.num_groups))
     logits = jax.jit(model.apply)({"params": scanned.params}, tokens)
     expected = jax.jit(unrolled.apply)({"params": plain.params}, tokens)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

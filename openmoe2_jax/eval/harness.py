@@ -75,7 +75,7 @@ from openmoe2_jax.data import benchmarks, bpe
 from openmoe2_jax.data.tokenizer import Tokenizer
 from openmoe2_jax.eval import generate
 from openmoe2_jax.export import layout, reader, writer
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, with_groups
 from openmoe2_jax.objectives import likelihood
 from openmoe2_jax.runtime import restore
 
@@ -227,10 +227,10 @@ class OpenMoE2LM(LM):
         gen_rows, gen_groups = pass_shape(1, self.seq_len, loaded.tokens_per_group)
         self._params = jax.device_put(loaded.params)
         tok = self.tokenizer
-        score = likelihood.make_conditional_fn(Transformer(layout.with_groups(loaded.model_cfg, groups)),
+        score = likelihood.make_conditional_fn(Transformer(with_groups(loaded.model_cfg, groups)),
                                                self.causal, tok.mask_id, self.mc_samples, with_greedy=True)
         self._score = jax.jit(score)
-        gen_model = Transformer(layout.with_groups(loaded.model_cfg, gen_groups))
+        gen_model = Transformer(with_groups(loaded.model_cfg, gen_groups))
         self._gen_apply = jax.jit(lambda p, t, v: gen_model.apply({"params": p}, t, v))
         self._gen_rows = gen_rows
         _log.info("openmoe2_jax: %s model from %s; rows of %d tokens, %d rows per pass%s; %s",

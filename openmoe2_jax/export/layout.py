@@ -12,7 +12,6 @@ ModelConfig.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import numpy as np
@@ -191,8 +190,3 @@ def model_config(config: dict, num_groups: int = 1) -> ModelConfig:
         dense_mlp_dim=config["dense_mlp_dim"])
 
 
-def with_groups(model_cfg: ModelConfig, num_groups: int) -> ModelConfig:
-    """`model_cfg` routing `num_groups` batch-level groups per forward pass."""
-    if model_cfg.moe is None:
-        return model_cfg
-    return dataclasses.replace(model_cfg, moe=dataclasses.replace(model_cfg.moe, num_groups=num_groups))

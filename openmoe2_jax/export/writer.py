@@ -14,7 +14,7 @@ from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, bpe_num_ranks
 from openmoe2_jax.export import files, layout
 from openmoe2_jax.export.layout import ExportError
-from openmoe2_jax.models.transformer import ModelConfig
+from openmoe2_jax.models.transformer import ModelConfig, with_groups
 from openmoe2_jax.runtime import paths, restore
 
 CONFIG = "config.json"
@@ -105,7 +105,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None, dtype: str =
     config, tok, model_cfg = trained.config, trained.tokenizer, trained.model_cfg
     tokens_per_group = trained_group_size(trained, workdir, tokens_per_group)
     if tokens_per_group:
-        model_cfg = layout.with_groups(model_cfg, resolve.step_tokens(config) // tokens_per_group)
+        model_cfg = with_groups(model_cfg, resolve.step_tokens(config) // tokens_per_group)
     tokenizer_files = bpe.files(epath.Path(workdir) / "tokenizer", tok.name) \
         if bpe_num_ranks(tok.name) is not None else ()
     source = dict(workdir=str(paths.absolute(workdir)), step=trained.step,

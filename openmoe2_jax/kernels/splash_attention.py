@@ -9,8 +9,8 @@ neither in the forward nor in the backward, and skips the blocks a causal mask e
   segment 1, padding segment 0, and a query attends only keys of its own segment, so no real
   token attends padding. (A padding query attends the other padding keys, where the XLA path lets
   it attend the real ones: padding outputs differ and are never read.)
-- q is scaled by 1/sqrt(head_dim) before the kernel (splash does not scale), k/v heads are
-  repeated to the query heads for grouped-query attention (as the XLA path does);
+- q is scaled by 1/sqrt(head_dim) before the kernel (splash does not scale); grouped-query k/v heads
+  arrive repeated to the query heads (layers.dot_product_attention does it for every path);
 - one kernel per example (`jax.vmap` over the batch), block sizes the largest of 512/256/128
   dividing the sequence; the kernel needs whole 128-token blocks, so a sequence of another length
   (a sampling canvas, an evaluation row) is padded up to one with padding segments and cut back.
@@ -37,11 +37,8 @@ def block_size(seq: int) -> int:
 
 
 def attention(q, k, v, valid, causal: bool, interpret: bool = False):
-    """q [b, s, h, hd]; k, v [b, s, kvh, hd] (kvh divides h); valid [b, s] bool -> [b, s, h, hd]."""
+    """q, k, v [b, s, h, hd]; valid [b, s] bool -> [b, s, h, hd]."""
     b, s, h, hd = q.shape
-    if k.shape[2] != h:
-        k = jnp.repeat(k, h // k.shape[2], axis=2)
-        v = jnp.repeat(v, h // v.shape[2], axis=2)
     if s % BLOCK:  # pad to whole blocks: the pad is segment 0, which no real token attends
         pad = -s % BLOCK
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))

@@ -97,22 +97,20 @@ def dot_product_attention(q, k, v, valid=None, causal: bool = False, impl: str =
     if valid is None:
         valid = jnp.ones((b, s), bool)
     impl = attention_impl(impl, q.dtype)
-    if impl in ("splash", "splash_interpret"):
-        if k.shape[2] != h:  # GQA: k/v heads repeated first, so every shard holds whole groups
-            k, v = jnp.repeat(k, h // k.shape[2], axis=2), jnp.repeat(v, h // v.shape[2], axis=2)
-        fn = functools.partial(splash_attention.attention, causal=causal, interpret=impl == "splash_interpret")
-        heads, rows = ("activation_batch", None, "activation_heads", None), ("activation_batch", None)
-        return per_shard(fn, (heads, heads, heads, rows), heads)(q, k, v, valid)
     if impl == "cudnn":
         # a row of padding alone (a generation batch's filler) keeps one key: never an empty softmax
         lengths = jnp.maximum(valid.sum(-1, dtype=jnp.int32), 1)
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn",
-                                            key_value_seq_lengths=lengths)
-    if impl != "xla":
-        raise ValueError(f"config.model.attention_impl = {impl!r}: expected one of {ATTENTION_IMPLS}")
+                                            key_value_seq_lengths=lengths)   # (GQA natively)
     if k.shape[2] != h:  # GQA: repeat each k/v head for its group (the gradient sums the copies)
         k = jnp.repeat(k, h // k.shape[2], axis=2)
         v = jnp.repeat(v, h // v.shape[2], axis=2)
+    if impl in ("splash", "splash_interpret"):
+        fn = functools.partial(splash_attention.attention, causal=causal, interpret=impl == "splash_interpret")
+        heads, rows = ("activation_batch", None, "activation_heads", None), ("activation_batch", None)
+        return per_shard(fn, (heads, heads, heads, rows), heads)(q, k, v, valid)
+    if impl != "xla":
+        raise ValueError(f"config.model.attention_impl = {impl!r}: expected one of {ATTENTION_IMPLS}")
     return _attention(q, k, v, valid, causal)
 
 

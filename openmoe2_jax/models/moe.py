@@ -64,7 +64,13 @@ class MoEConfig:
     scaling: tuple | float | None  # EC: table indexed by n_t; TC: a constant; None = off
     topk_impl: str
     tc_dropless_impl: str = "auto"  # ragged | blocked | auto (ragged on TPU, blocked elsewhere)
-    group_spans_shards: bool = False  # a routing group's tokens lie on several batch shards
+    group_spans_shards: bool = False  # a batch-level group's tokens lie on several batch shards
+
+    @property
+    def spanning(self) -> bool:
+        """Routing groups span batch shards (batch-level groups only: a sequence-level EC group is a
+        row, which never leaves its shard)."""
+        return self.group_spans_shards and not (self.routing == "ec" and self.ec_group == "sequence")
 
 
 BLOCK = 64  # rows per block of the blocked grouped matmul
@@ -150,7 +156,7 @@ class MoEFFN(nn.Module):
         N = B * S // G
         x = x.astype(self.dtype)
         xg = x.reshape(G, N, d)
-        if not self._spans():      # each group on one batch shard; else XLA keeps x's layout
+        if not self.cfg.spanning:      # each group on one batch shard; else XLA keeps x's layout
             xg = nn.with_logical_constraint(xg, ("activation_batch", None, "activation_embed"))
         selectable = None if valid is None else valid.reshape(G, N)
 
@@ -171,14 +177,10 @@ class MoEFFN(nn.Module):
             self.sow("moe_losses", k, v)
         return y.reshape(B, S, d)
 
-    def _spans(self) -> bool:
-        c = self.cfg
-        return c.group_spans_shards and not (c.routing == "ec" and c.ec_group == "sequence")
-
     def _slot_axes(self, last: str) -> tuple:
         """Logical axes of the slot layout [G, E, C, last]: experts over `expert`, and groups over the
         rest of the batch shards -- or, when a group spans shards, its slots (C) over them."""
-        if self._spans():
+        if self.cfg.spanning:
             return (None, "activation_exp", "activation_group", last)
         return ("activation_group", "activation_exp", None, last)
 
@@ -186,13 +188,13 @@ class MoEFFN(nn.Module):
         """Gather slots, run experts (expert-parallel), scatter-add gated outputs back to tokens."""
         G, N, d = xg.shape
         slots = jax.vmap(lambda x, t: x[t])(xg, plan.token)                        # [G, E, C, d]
-        if not self._spans():      # gathered where the group lives, then one all-to-all over `expert`
+        if not self.cfg.spanning:      # gathered where the group lives, then one all-to-all over `expert`
             slots = nn.with_logical_constraint(slots, ("activation_batch", None, None, "activation_embed"))
         slots = nn.with_logical_constraint(slots, self._slot_axes("activation_embed"))
         out = self._experts(slots)
         out = out * jnp.where(plan.used, plan.gate, 0.0)[..., None].astype(out.dtype)
         out = nn.with_logical_constraint(out, self._slot_axes("activation_embed"))
-        if not self._spans():
+        if not self.cfg.spanning:
             out = nn.with_logical_constraint(out, ("activation_batch", None, None, "activation_embed"))
         combine = lambda t, o: jnp.zeros((N, d), o.dtype).at[t.reshape(-1)].add(o.reshape(-1, d))
         return jax.vmap(combine)(plan.token, out)                                    # [G, N, d]

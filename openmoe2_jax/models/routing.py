@@ -80,7 +80,7 @@ def route(cfg, logits, selectable=None):
         capacity = ec_capacity(N, c.num_experts, c.top_k, c.ec_capacity_factor)
         plan, shared_gate = expert_choice(routed, capacity, c.gate, scaling=c.scaling, selectable=selectable,
                                           shared_logits=shared_logits, topk_impl=c.topk_impl,
-                                          groups_sharded=not (c.group_spans_shards and c.ec_group == "batch"))
+                                          groups_sharded=not c.spanning)
         if c.ec_balance_loss:
             losses["ec_balance_loss"] = c.ec_balance_loss * ec_token_balance_loss(
                 routed, plan.experts_per_token, c.top_k)

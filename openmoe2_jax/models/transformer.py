@@ -98,17 +98,32 @@ def resolve_moe(moe, tokens: int, batch_shards: int) -> MoEConfig:
             scaling = routing.scaling_factor_tc(moe.num_experts, moe.num_shared_experts, moe.top_k,
                                                 moe.gate)
     groups = tokens // resolve.group_tokens(moe, tokens, batch_shards)
+    # (with_groups below sets num_groups and group_spans_shards for another batch by the same rule)
     return MoEConfig(
         num_experts=moe.num_experts, num_shared=moe.num_shared_experts,
         expert_mlp_dim=moe.expert_mlp_dim,
         shared_mlp_dim=resolve.shared_mlp_dim(moe),
         shared_gating=moe.shared_gating, top_k=moe.top_k, routing=moe.routing, ec_group=moe.ec_group,
-        num_groups=groups, group_spans_shards=groups % batch_shards != 0,
+        num_groups=groups, group_spans_shards=_spans_shards(groups, batch_shards),
         ec_capacity_factor=moe.ec_capacity_factor,
         tc_capacity_factor=moe.tc_capacity_factor, gate=moe.gate, z_loss_coef=moe.z_loss_coef,
         tc_balance_loss=moe.tc_balance_loss if moe.routing == "tc" else 0.0,
         ec_balance_loss=moe.ec_balance_loss if moe.routing == "ec" else 0.0,
         scaling=scaling, topk_impl=moe.topk_impl, tc_dropless_impl=moe.tc_dropless_impl)
+
+
+def _spans_shards(groups: int, batch_shards: int) -> bool:
+    """Whether `groups` routing groups of a batch split over `batch_shards` shards span shards."""
+    return groups % batch_shards != 0
+
+
+def with_groups(model_cfg: ModelConfig, groups: int, batch_shards: int = 1) -> ModelConfig:
+    """`model_cfg` routing `groups` batch-level groups per forward pass of a batch split over
+    `batch_shards` shards (a dense model: unchanged)."""
+    if model_cfg.moe is None:
+        return model_cfg
+    return dataclasses.replace(model_cfg, moe=dataclasses.replace(
+        model_cfg.moe, num_groups=groups, group_spans_shards=_spans_shards(groups, batch_shards)))
 
 
 class Block(nn.Module):
@@ -145,6 +160,18 @@ class Hidden(flax.struct.PyTreeNode):
     chunk: int = flax.struct.field(pytree_node=False)      # positions per chunk (divides s)
 
 
+def head_logits(x, head):
+    """The output head: x [b, s, d] (compute dtype) @ head [d, V] -> float32 logits [b, s, V]. A 2-D
+    matmul in the compute dtype: XLA:CPU runs the backward of the 3-D einsum ~4x slower (measured)."""
+    b, s, d = x.shape
+    return (x.reshape(-1, d) @ head.astype(x.dtype)).reshape(b, s, head.shape[1]).astype(jnp.float32)
+
+
+def _block_class(cfg: ModelConfig):
+    """Block, or with remat = block Block recomputed in the backward (each layer keeps its input)."""
+    return nn.remat(Block) if cfg.remat == "block" else Block
+
+
 class ScannedBlock(nn.Module):
     """A Block as nn.scan's body: (x, positions, valid) -> (x', None); `index` is the first scanned
     layer's (every scanned layer is of the same kind)."""
@@ -153,8 +180,7 @@ class ScannedBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, valid):
-        block = nn.remat(Block) if self.cfg.remat == "block" else Block
-        return block(self.cfg, self.index, name="block")(x, positions, valid), None
+        return _block_class(self.cfg)(self.cfg, self.index, name="block")(x, positions, valid), None
 
 
 class Transformer(nn.Module):
@@ -171,7 +197,7 @@ class Transformer(nn.Module):
                                            (c.vocab_size, c.d_model), ("vocab", "embed"), pdt)
         x = jnp.take(embedding, tokens, axis=0).astype(dt)          # [b, s, d]
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        block = nn.remat(Block) if c.remat == "block" else Block  # block: keep only each layer's input
+        block = _block_class(c)
         for i in range(c.scan_from):
             x = block(c, i, name=f"layer_{i}")(x, positions, valid)
         if c.scan_from < c.num_layers:
@@ -186,9 +212,7 @@ class Transformer(nn.Module):
                                       (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)
         if hidden_only:
             return x
-        # A 2-D matmul: XLA:CPU runs the backward of the 3-D einsum ~4x slower (measured).
-        logits = (x.reshape(-1, c.d_model) @ head.astype(dt)).reshape(*x.shape[:2], c.vocab_size)
-        logits = logits.astype(jnp.float32)
+        logits = head_logits(x, head)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -206,7 +230,7 @@ def unstacked(params: dict, scan_from: int) -> dict:
 
 def apply_fn(model: nn.Module, chunked_head: bool = False):
     """(params, tokens, valid) -> (logits, aux); with chunked_head and model.cfg.head_chunk > 0,
-    (objectives.common.Hidden, aux) instead of logits: the training loss then makes the logits a
+    (Hidden, aux) instead of logits: the training loss then makes the logits a
     chunk of positions at a time (config.model.head_chunk).
 
     The one place that reads what models/moe.py sows: aux["aux_loss"] is the sum of the MoE layers'

@@ -3,7 +3,7 @@ head a chunk of positions at a time) and the random-length padding mask."""
 import jax
 import jax.numpy as jnp
 
-from openmoe2_jax.models.transformer import Hidden
+from openmoe2_jax.models.transformer import Hidden, head_logits
 
 
 def cross_entropy(logits, targets):
@@ -36,8 +36,7 @@ def ce_and_hits(out, targets):
 
     @jax.checkpoint
     def chunk(x, t):
-        # the model's own head: a 2-D matmul in the compute dtype, then float32 (models/transformer.py)
-        logits = (x.reshape(-1, d) @ out.head.astype(x.dtype)).reshape(b, c, -1).astype(jnp.float32)
+        logits = head_logits(x, out.head)                                  # [b, c, V] float32
         return cross_entropy(logits, t), is_argmax(logits, t)
 
     ce, hits = jax.lax.map(lambda xt: chunk(*xt), (to_chunks(out.x), to_chunks(targets)))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from openmoe2_jax.models.transformer import ModelConfig, Transformer
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, with_groups
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.runtime import optimizer, state as state_lib
 
@@ -44,15 +44,6 @@ def build(config, num_ids: int, mesh: jax.sharding.Mesh | None = None) -> Built:
         abstract, state_shardings = state_lib.abstract_state(init, mesh)
     return Built(mesh=mesh, model_cfg=model_cfg, model=model, tx=tx, init=init, abstract=abstract,
                  state_shardings=state_shardings, batch_sharding=sharding.batch_sharding(mesh))
-
-
-def with_groups(model_cfg: ModelConfig, groups: int, batch_shards: int = 1) -> ModelConfig:
-    """`model_cfg` routing `groups` batch-level groups per forward pass of a batch split over
-    `batch_shards` shards (a dense model: unchanged)."""
-    if model_cfg.moe is None:
-        return model_cfg
-    return dataclasses.replace(model_cfg, moe=dataclasses.replace(
-        model_cfg.moe, num_groups=groups, group_spans_shards=groups % batch_shards != 0))
 
 
 def abstract_params(model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:

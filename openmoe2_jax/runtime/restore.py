@@ -24,11 +24,11 @@ from openmoe2_jax import validation
 from openmoe2_jax.configs import base, renames, resolve
 from openmoe2_jax.data import bpe
 from openmoe2_jax.data.tokenizer import Tokenizer, check_vocabulary
-from openmoe2_jax.models.transformer import ModelConfig, Transformer, unstacked
+from openmoe2_jax.models.transformer import ModelConfig, Transformer, unstacked, with_groups
 from openmoe2_jax.parallel import sharding
 from openmoe2_jax.errors import ConfigError
 from openmoe2_jax.runtime import checkpoint, paths
-from openmoe2_jax.runtime.build import abstract_params, with_groups  # noqa: F401 (restore.* for callers)
+from openmoe2_jax.runtime.build import abstract_params  # noqa: F401 (restore.abstract_params for callers)
 from openmoe2_jax.runtime.checkpoint import CheckpointError, Checkpoints
 
 
