@@ -57,6 +57,12 @@ def test_isoflop_minima_and_power_laws_recover_a_known_optimum():
     assert fitted["d_opt"]["exponent"] == pytest.approx(1 - a, abs=0.01)  # D = C / 6N
     ci = laws.intervals(laws.bootstrap(laws.isoflop_fit_flat, rows, samples=60), ["n_opt_exponent"])
     assert ci["n_opt_exponent"][0] <= a <= ci["n_opt_exponent"][1]
+    # A budget whose ladder does not bracket its optimum is listed with the reason; the others still fit.
+    cut = [r for r in rows if not (r["budget"] == 1e12 and r["n"] < k * 1e12 ** a * 1.5)]
+    partial = laws.isoflop_fit(cut)
+    assert [r["budget"] for r in partial["refused"]] == [1e12] and "outside the ladder" in partial["refused"][0]["reason"]
+    assert [m["budget"] for m in partial["minima"]] == [1e13, 1e14, 1e15]
+    assert partial["n_opt"]["exponent"] == pytest.approx(a, abs=0.01)
 
 
 def test_data_constrained_fit_recovers_r_star():
@@ -70,11 +76,13 @@ def test_data_constrained_fit_recovers_r_star():
                 n.append(size), d.append(tokens), u.append(unique)
                 loss.append(float(laws.predict(LAW, size, laws.effective_data(tokens, unique, r_star))
                                   * math.exp(rng.normal(0, 0.002))))
-    fitted = laws.data_constrained_fit(LAW, n, d, u, loss)
+    fitted = laws.data_constrained_fit(None, n, d, u, loss)  # from the grid: the law is not given
     rows = list(zip(n, d, u, loss))
-    boot = laws.bootstrap(lambda pick: laws.data_constrained_fit(LAW, *map(list, zip(*pick))), rows, samples=40)
-    low, high = laws.intervals(boot, ["R_star"])["R_star"]
-    assert low <= r_star <= high and fitted["R_star"] == pytest.approx(r_star, rel=0.3)
+    boot = laws.bootstrap(lambda pick: laws.data_constrained_fit(fitted, *map(list, zip(*pick))), rows, samples=40)
+    ci = laws.intervals(boot, ["R_star", "alpha", "beta"])
+    assert ci["R_star"][0] <= r_star <= ci["R_star"][1] and fitted["R_star"] == pytest.approx(r_star, rel=0.3)
+    for key in ("alpha", "beta"):  # every coefficient is fitted with R*
+        assert ci[key][0] <= LAW[key] <= ci[key][1], (key, ci[key])
     # Effective data: D' = D up to one epoch, then saturates at U (1 + R*).
     assert float(laws.effective_data(5.0, 10.0, r_star)) == 5.0
     assert float(laws.effective_data(1e9 * 10.0, 10.0, r_star)) == pytest.approx(10.0 * (1 + r_star))
@@ -110,6 +118,8 @@ def test_isoflop_ladder_keeps_flops_within_one_percent(ffn):
             assert p.config.train.steps >= ladder.MIN_STEPS
         widths = [p.config.model.d_model for p in sizes]
         assert widths == sorted(widths) and len(set(widths)) == len(widths)
+    narrow = {p.config.model.d_model: p.config.model for p in points if p.config.model.d_model < 32}
+    assert {d: (m.num_layers, m.num_heads, m.head_dim) for d, m in narrow.items()} == {16: (1, 2, 8), 24: (2, 2, 12)}
     base = next(p for p in points if p.config.model.d_model == 64)  # the cpu scale's own shape
     assert (base.config.model.num_layers, base.config.model.num_heads) == (4, 4)
     if ffn == "moe":

@@ -127,28 +127,38 @@ def fit(directory: epath.PathLike, samples: int = 200, log=print) -> dict:
     repeated = [r for r in rows if r["epochs"] > 1]
     log(f"{len(rows)} of {len(data['runs'])} listed runs finished: {len(fresh)} saw their data at most once, "
         f"{len(repeated)} repeated it")
-    iso = laws.isoflop_fit(ladder_runs)
-    iso_boot = laws.bootstrap(laws.isoflop_fit_flat, ladder_runs, samples)
-    iso["intervals"] = laws.intervals(iso_boot, ["n_opt_exponent", "d_opt_exponent"])
+    try:
+        iso = laws.isoflop_fit(ladder_runs)
+        iso_boot = laws.bootstrap(laws.isoflop_fit_flat, ladder_runs, samples)
+        iso["intervals"] = laws.intervals(iso_boot, ["n_opt_exponent", "d_opt_exponent"])
+    except laws.FitError as e:  # (b) and (c) do not need it
+        iso = dict(error=str(e), minima=[])
+        log(f"IsoFLOP fit (a): {e}")
 
     def parametric(pick, inits=None):
         return laws.parametric_fit([r["n"] for r in pick], [r["d"] for r in pick], [r["loss"] for r in pick], inits)
 
-    law = parametric(fresh)
-    boot = laws.bootstrap(lambda pick: parametric(pick, [laws.law_theta(law)]), fresh, samples)
+    def constrained(pick, start):
+        return laws.data_constrained_fit(start, *(np.array([r[k] for r in pick]) for k in
+                                                  ("n", "d", "unique_tokens", "loss")))
+
     keys = ("E", "A", "alpha", "B", "beta")
     out = dict(scale=data["scale"], objective=data["objective"], ffn=data["ffn"], law_n=data["law_n"],
-               runs=len(rows), isoflop=iso, parametric=dict(law, intervals=laws.intervals(boot, keys)),
-               tokens_per_parameter=_tokens_per_parameter(iso),
+               runs=len(rows), isoflop=iso, tokens_per_parameter=_tokens_per_parameter(iso),
                points=[{k: r[k] for k in ("name", "budget", "n", "total_params", "d", "unique_tokens", "epochs",
                                           "loss", "seeds")} for r in rows])
+    law = None
+    try:
+        law = parametric(fresh)
+        boot = laws.bootstrap(lambda pick: parametric(pick, [laws.law_theta(law)]), fresh, samples)
+        out["parametric"] = dict(law, intervals=laws.intervals(boot, keys))
+    except laws.FitError as e:  # too few single-pass runs: (c) still fits every run
+        out["parametric"] = dict(error=str(e))
+        log(f"parametric fit (b) on single-pass runs: {e}")
     if len(repeated) >= 2:
-        constrained = laws.data_constrained_fit(law, *(np.array([r[k] for r in repeated]) for k in
-                                                       ("n", "d", "unique_tokens", "loss")))
-        boot_c = laws.bootstrap(lambda pick: laws.data_constrained_fit(
-            law, *(np.array([r[k] for r in pick]) for k in ("n", "d", "unique_tokens", "loss"))), repeated, samples)
-        out["data_constrained"] = dict(R_star=constrained["R_star"],
-                                       intervals=laws.intervals(boot_c, ["R_star"]))
+        joint = constrained(rows, law)
+        boot_c = laws.bootstrap(lambda pick: constrained(pick, joint), rows, samples)
+        out["data_constrained"] = dict(joint, intervals=laws.intervals(boot_c, (*keys, "R_star")))
     directory = epath.Path(directory)
     (directory / "fit.json").write_text(json.dumps(out, indent=2))
     _plot(directory, out, ladder_runs, repeated)
@@ -180,12 +190,12 @@ def _plot(directory: epath.Path, out: dict, ladder_runs: list[dict], repeated: l
     plt.close(fig)
     if repeated:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        law = dict(out["parametric"], R_star=out.get("data_constrained", {}).get("R_star", float("inf")))
+        law = out.get("data_constrained") or dict(out["parametric"], R_star=float("inf"))
         for n in sorted({r["n"] for r in repeated}):
             pts = sorted((r for r in repeated if r["n"] == n), key=lambda r: r["d"] / r["unique_tokens"])
             epochs = [r["d"] / r["unique_tokens"] for r in pts]
             (line,) = ax.plot(epochs, [r["loss"] for r in pts], "o", label=f"N = {n:,}")
-            if math.isfinite(law["R_star"]):
+            if "E" in law and math.isfinite(law["R_star"]):
                 pred = [float(laws.predict(law, n, laws.effective_data(r["d"], r["unique_tokens"], law["R_star"])))
                         for r in pts]
                 ax.plot(epochs, pred, "-", color=line.get_color(), alpha=0.6)
@@ -216,13 +226,23 @@ def plan(root: epath.PathLike, scale: str, ffn: str, budget: float, unique_token
         found += 1
         fitted = json.loads(path.read_text())
         iso = fitted["isoflop"]
+        if "error" in iso:
+            lines.append(f"| {objective} | no IsoFLOP law: {iso['error']} | | | |")
+            continue
         n = iso["n_opt"]["k"] * budget ** iso["n_opt"]["exponent"]
         d = iso["d_opt"]["k"] * budget ** iso["d_opt"]["exponent"]
         low, high = (iso["n_opt"]["k"] * budget ** e for e in iso["intervals"]["n_opt_exponent"])
-        law = fitted["parametric"]
-        effective = d
-        if unique_tokens and "data_constrained" in fitted:
-            effective = float(laws.effective_data(d, unique_tokens, fitted["data_constrained"]["R_star"]))
+        # With a unique-token budget, the data-constrained law (its own coefficients, D -> D');
+        # otherwise the single-pass law (b), or (c) where (b) could not be fitted (D' = D below one epoch).
+        law, effective = fitted.get("data_constrained"), d
+        if law and unique_tokens:
+            effective = float(laws.effective_data(d, unique_tokens, law["R_star"]))
+        elif "E" in fitted["parametric"]:
+            law = fitted["parametric"]
+        if law is None:
+            lines.append(f"| {objective} | {n:.3g} ({min(low, high):.3g} – {max(low, high):.3g}) | {d:.3g} | "
+                         f"| no loss law: {fitted['parametric']['error']} |")
+            continue
         loss = float(laws.predict(law, n, effective))
         epochs = f"{d / unique_tokens:.1f}" if unique_tokens else "—"
         lines.append(f"| {objective} | {n:.3g} ({min(low, high):.3g} – {max(low, high):.3g}) | {d:.3g} | "

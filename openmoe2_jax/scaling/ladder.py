@@ -2,8 +2,10 @@
 tokens = budget / (training FLOPs per token) (openmoe2_jax/flops.py).
 
 Size ladder of a scale (configs/scales.py), from its base model (width d0, depth L0, head width h0,
-expert width f0, dense width m0): widths d = d0 x WIDTHS rounded to a multiple of h0; depth
-L = max(1, round(d L0 / d0)) (the base aspect ratio d / L); heads d / h0; expert width f0 d / d0 and dense
+expert width f0, dense width m0): widths d = d0 x WIDTHS rounded to a multiple of h0, with heads d / h0;
+a width below two such heads (d0 x multiple < 2 h0: the cpu ladder's 16 and 24) keeps two heads of
+half its width instead (d rounded to a multiple of 4, head width d / 2, even for RoPE); depth
+L = max(1, round(d L0 / d0)) (the base aspect ratio d / L); expert width f0 d / d0 and dense
 width m0 d / d0 (so the MoE's active FFN stays the FLOPs-matched dense width). The number of experts,
 k, shared experts and every routing knob stay the scale's. `ffn=dense` is the FLOPs-matched dense model
 of each MoE size (flops.matched_dense).
@@ -26,7 +28,7 @@ import dataclasses
 from openmoe2_jax import flops
 from openmoe2_jax.configs import resolve, scales
 
-WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the scale's base width
+WIDTHS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the scale's base width
 MIN_STEPS = 50                             # 0.5 / 50 = 1%: the FLOPs of a run within 1% of its budget
 
 
@@ -51,8 +53,12 @@ def size(scale: str, multiple: float, objective: str, ffn: str):
     """The ladder's model at `multiple` x the base width of `scale` (steps not yet set)."""
     c = scales.get(scale)
     m, moe = c.model, c.moe
-    head = resolve.head_dim(m)
-    d = max(head, int(round(m.d_model * multiple / head)) * head)
+    head, target = resolve.head_dim(m), m.d_model * multiple
+    if target >= 2 * head:
+        d = int(round(target / head)) * head
+    else:  # too narrow for two heads of the base width: two narrower heads
+        d = max(4, int(round(target / 4)) * 4)
+        head = d // 2
     ratio = d / m.d_model
     c.model.update(d_model=d, num_layers=max(1, int(round(m.num_layers * ratio))), num_heads=d // head,
                    num_kv_heads=d // head, head_dim=head, mlp_dim=int(round(m.mlp_dim * ratio)))

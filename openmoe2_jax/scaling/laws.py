@@ -13,8 +13,8 @@ in nats/token.
     logsumexp(a - alpha log N, b - beta log D, e) (A = e^a, B = e^b, E = e^e), by L-BFGS from a grid of
     initialisations, keeping the best.
 (c) Data-constrained: repeated tokens are worth less. With R = D / U - 1 repetitions of U unique tokens,
-    the effective data is D' = U + U R* (1 - exp(-R / R*)) (D' = D for D <= U); L = E + A/N^alpha + B/D'^beta
-    with (E, A, alpha, B, beta) from (b) and R* fitted to the repeated-data runs the same way.
+    the effective data is D' = U + U R* (1 - exp(-R / R*)) (D' = D for D <= U); L = E + A/N^alpha + B/D'^beta,
+    all six coefficients fitted jointly the same way to single-pass and repeated runs, starting from (b).
 Confidence intervals: the bootstrap over runs (resampled with replacement, refitted), 2.5 and 97.5
 percentiles.
 """
@@ -78,21 +78,31 @@ def power_law(x, y) -> tuple[float, float]:
 def isoflop_fit(points: list[dict]) -> dict:
     """(a) over runs {budget, n, d, loss}: per-budget minima and the N_opt / D_opt power laws.
 
-    D_opt of a budget: C / (FLOPs per token at N_opt), the FLOPs per token interpolated log-log
-    between that budget's ladder points (C / D of each run)."""
+    A budget whose parabola `isoflop_minimum` refuses (fewer than 3 sizes, no upward curve, a vertex
+    outside its ladder) is listed under `refused` with the reason and left out of the power laws,
+    which need at least 2 budgets with a minimum. D_opt of a budget: C / (FLOPs per token at N_opt),
+    the FLOPs per token interpolated log-log between that budget's ladder points (C / D of each run)."""
     budgets = sorted({p["budget"] for p in points})
-    minima, d_opt = [], []
+    minima, d_opt, refused = [], [], []
     for c in budgets:
         pts = sorted((p for p in points if p["budget"] == c), key=lambda p: p["n"])
-        m = isoflop_minimum([p["n"] for p in pts], [p["loss"] for p in pts], c)
+        try:
+            m = isoflop_minimum([p["n"] for p in pts], [p["loss"] for p in pts], c)
+        except FitError as e:
+            refused.append(dict(budget=c, reason=str(e)))
+            continue
         per_token = np.interp(math.log(m.n_opt), [math.log(p["n"]) for p in pts],
                               [math.log(c / p["d"]) for p in pts])
         minima.append(m)
         d_opt.append(c / math.exp(per_token))
-    k_n, a = power_law(budgets, [m.n_opt for m in minima])
-    k_d, b = power_law(budgets, d_opt)
+    if len(minima) < 2:
+        reasons = "; ".join(r["reason"] for r in refused)
+        raise FitError(f"{len(minima)} FLOP budget(s) with an IsoFLOP minimum; a power law in C needs at "
+                       f"least 2" + (f" ({reasons})" if reasons else ""))
+    k_n, a = power_law([m.budget for m in minima], [m.n_opt for m in minima])
+    k_d, b = power_law([m.budget for m in minima], d_opt)
     return dict(minima=[dataclasses.asdict(m) | dict(d_opt=d) for m, d in zip(minima, d_opt)],
-                n_opt=dict(k=k_n, exponent=a), d_opt=dict(k=k_d, exponent=b))
+                refused=refused, n_opt=dict(k=k_n, exponent=a), d_opt=dict(k=k_d, exponent=b))
 
 
 def isoflop_fit_flat(points: list[dict]) -> dict:
@@ -179,21 +189,42 @@ def effective_data(d, u, r_star: float):
     return np.where(d <= u, d, u + u * r_star * (1.0 - np.exp(-r / r_star)))
 
 
+def _log_pred_constrained(theta, log_n, d, u):
+    """theta = (a, b, e, alpha, beta, ln R*): ln L_pred with D replaced by the effective data D'."""
+    log_d = np.log(effective_data(d, u, math.exp(np.clip(theta[5], *LOG_R_STAR_RANGE))))
+    return _log_pred(theta[:5], log_n, log_d)
+
+
+R_STAR_INITS = (0.5, 2.0, 5.0, 15.0, 50.0, 200.0)
+LOG_R_STAR_RANGE = (math.log(1e-2), math.log(1e6))  # R* is read within [0.01, 1e6]
+
+
 def data_constrained_fit(law: dict, n, d, u, loss) -> dict:
-    """(c): R* of the law `law` (from (b)) fitted to runs (n, d, u, loss) [runs], at least 2 of them
-    repeated (D > U). Returns law + {R_star}."""
+    """(c): the law with repeated data, {E, A, alpha, B, beta, R_star} of L = E + A/N^alpha + B/D'^beta,
+    fitted jointly (the same Huber objective) to runs (n, d, u, loss) [runs] -- single-pass runs
+    (D <= U, where D' = D) and at least 2 repeated ones (D > U) -- from `law` (the single-pass fit (b),
+    or None: the GRID) crossed with R_STAR_INITS, or from `law` alone when it has an R_star (a refit:
+    the bootstrap). Fitting every coefficient, not only R*, lets runs that repeated their data inform
+    the exponents when few runs saw it only once."""
     n, d, u, loss = (np.asarray(v, float) for v in (n, d, u, loss))
     if int(np.sum(d > u)) < 2:
         raise FitError(f"{int(np.sum(d > u))} run(s) trained past one epoch (D > U); the data-constrained "
                        "fit needs at least 2")
-    log_l = np.log(loss)
+    if len(loss) < 6 or len(np.unique(n)) < 2:
+        raise FitError(f"{len(loss)} runs with {len(np.unique(n))} sizes; the data-constrained fit needs at "
+                       "least 6 runs and 2 sizes")
+    args = (np.log(n), d, u, np.log(loss))
 
-    def objective(log_r):
-        pred = predict(law, n, effective_data(d, u, math.exp(float(log_r[0]))))
-        return float(np.sum(_huber(np.log(pred) - log_l)))
+    def objective(theta):
+        return float(np.sum(_huber(_log_pred_constrained(theta, *args[:3]) - args[3])))
 
-    best = _minimise(objective, [[math.log(r)] for r in (0.5, 2.0, 5.0, 15.0, 50.0, 200.0)])
-    return dict(law, R_star=math.exp(float(best[0])))
+    if law is not None and "R_star" in law:  # a refit (the bootstrap): from the fitted law only
+        inits = [(*law_theta(law), math.log(law["R_star"]))]
+    else:
+        starts = [law_theta(law)] if law is not None else list(itertools.product(*GRID.values()))
+        inits = [(*t, math.log(r)) for t in starts for r in R_STAR_INITS]
+    best = _minimise(objective, inits)
+    return dict(_as_law(best[:5]), R_star=math.exp(float(np.clip(best[5], *LOG_R_STAR_RANGE))))
 
 
 # ----- bootstrap -------------------------------------------------------------------------------------
