@@ -100,6 +100,12 @@ def test_run_key_is_the_hash_of_the_sorted_config_json_without_seed():
     assert runs.run_key(config) != by_hand
     dependent = hashlib.sha256(b'{"a":0.25,"b":[1,2],"moe":{"upcycle_from":"run:abc"}}').hexdigest()[:16]
     assert runs.run_key(config, "abc") == dependent
+    # A field added later keeps the keys of runs made before it while it computes what they computed.
+    config.objective = dict(kind="diffusion", masked_head=0.0)
+    before = hashlib.sha256(b'{"a":0.25,"b":[1,2],"moe":{"upcycle_from":""},"objective":{"kind":"diffusion"}}')
+    assert runs.run_key(config) == before.hexdigest()[:16]
+    config.objective.masked_head = 0.6
+    assert runs.run_key(config) != before.hexdigest()[:16]
 
 
 def test_identical_variants_of_different_sections_share_one_run_and_keys_ignore_the_root():

@@ -87,8 +87,8 @@ def test_random_length_valid_is_prefix_of_bucket_length():
 
 
 def _objective(**kw):
-    d = dict(kind="diffusion", weight="t", t_eps=1e-3, low_discrepancy=False, random_length_prob=0.0,
-             random_length_buckets=(4,))
+    d = dict(kind="diffusion", weight="t", t_eps=1e-3, low_discrepancy=False, masked_head=0.0,
+             random_length_prob=0.0, random_length_buckets=(4,))
     d.update(kw)
     return ml_collections.FrozenConfigDict(d)
 
@@ -167,7 +167,7 @@ def test_the_chunked_head_equals_full_logits_in_loss_metrics_and_gradients(confi
     cfg = objectives.frozen_objective(config.objective)
     results = {}
     for chunked in (False, True):
-        loss = lambda p: objectives.loss_fn(kind)(apply_fn(model, chunked_head=chunked), p, tokens,
+        loss = lambda p: objectives.loss_fn(kind)(apply_fn(model, hidden=chunked), p, tokens,
                                                   jax.random.key(2), cfg, tok.mask_id)
         results[chunked] = jax.value_and_grad(loss, has_aux=True)(params)
     (full_loss, full_metrics), full_grads = results[False]
@@ -176,6 +176,70 @@ def test_the_chunked_head_equals_full_logits_in_loss_metrics_and_gradients(confi
     for name, value in full_metrics.items():
         np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, full_grads)
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+@pytest.mark.parametrize("fraction", [0.75, 0.1])
+def test_the_masked_head_equals_full_logits_in_loss_metrics_and_gradients(config, fraction, chunk):
+    """objective.masked_head: the diffusion loss from logits made only at the masked positions equals
+    the loss from the whole [b, s, V] logits (values, metrics, gradients of every parameter), both when
+    the masked positions fit the slots (0.75 of the batch) and when they overflow them (0.1: the
+    batch takes the every-position branch), with the head in one piece and in chunks."""
+    from openmoe2_jax import objectives  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.data.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.models.transformer import ModelConfig, Transformer, apply_fn  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.objectives import common, diffusion  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.runtime import state as state_lib  # pylint: disable=import-outside-toplevel
+    config.objective.update(kind="diffusion", random_length_prob=1.0)   # padding too
+    config.model.head_chunk = chunk
+    tok = get_tokenizer()
+    model = Transformer(ModelConfig.from_config(config, tok.num_ids))
+    tokens = jax.random.randint(jax.random.key(0), (8, 32), 0, 1000)
+    params = state_lib.strip_boxes(model.init(jax.random.key(1), tokens)["params"])
+    rng = jax.random.key(2)
+    results = {}
+    for masked_head in (0.0, fraction):
+        config.objective.masked_head = masked_head
+        cfg = objectives.frozen_objective(config.objective)
+        loss = lambda p, cfg=cfg, on=masked_head > 0: objectives.loss_fn("diffusion")(
+            apply_fn(model, hidden=on), p, tokens, rng, cfg, tok.mask_id)
+        results[masked_head] = jax.value_and_grad(loss, has_aux=True)(params)
+    # which branch ran: the batch's masked count against the slots
+    r_len, r_t, r_mask = jax.random.split(rng, 3)
+    valid = common.random_length_valid(r_len, tokens.shape, 1.0, cfg.random_length_buckets)
+    t = diffusion.sample_t(r_t, 8, cfg.t_eps, cfg.low_discrepancy)
+    count = int(diffusion.corrupt(r_mask, tokens, t, valid, tok.mask_id)[1].sum())
+    slots = common.masked_head_slots(8, 32, fraction, chunk)
+    assert (count <= slots) == (fraction == 0.75), (count, slots)
+    (full_loss, full_metrics), full_grads = results[0.0]
+    (loss, metrics), grads = results[fraction]
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+    for name, value in full_metrics.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, full_grads)
+
+
+def test_the_masked_head_makes_logits_only_for_its_slots():
+    """The branch that runs when the masked positions fit makes the head's logits for K = 0.5 x b x s
+    rows (its matmul with the head has K rows), the other branch for all b x s."""
+    from openmoe2_jax.objectives import common  # pylint: disable=import-outside-toplevel
+    from openmoe2_jax.models.transformer import Hidden  # pylint: disable=import-outside-toplevel
+    b, s, d, v = 4, 16, 8, 50
+
+    def fn(x, head, targets, scored):
+        return common.masked_ce_and_hits(Hidden(x=x, head=head, chunk=0), targets, scored, 0.5)[0]
+
+    jaxpr = jax.make_jaxpr(fn)(jnp.ones((b, s, d)), jnp.ones((d, v)), jnp.zeros((b, s), jnp.int32),
+                               jnp.zeros((b, s), bool))
+    (cond,) = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
+
+    def head_rows(closed):  # rows of every matmul with the [d, V] head in a branch
+        return [e.outvars[0].aval.shape[0] for e in closed.jaxpr.eqns
+                if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == v]
+
+    everywhere, gathered = cond.params["branches"]  # lax.cond: (false, true)
+    assert head_rows(gathered) == [common.masked_head_slots(b, s, 0.5, 0)] == [b * s // 2]
+    assert head_rows(everywhere) == [b * s]
 
 
 def test_the_chunked_head_holds_a_chunk_of_logits_not_the_whole(config):

@@ -4,7 +4,9 @@ key = the first 16 hex digits of the SHA-256 of the config as JSON (sorted keys,
 without `seed` (the seed is the subdirectory), and with `moe.upcycle_from` of a run that starts from
 another run replaced by "run:<that run's key>" (the same seed of it), so keys do not depend on where
 ROOT is. No other field is left out, not even logging or checkpoint cadence: two runs share a
-directory only if their configs are identical (an added config field changes every key). Identical
+directory only if their configs are identical. A field added to the config after runs were keyed is
+left out while it has the value that computes what the runs before it computed (ADDED_FIELDS), so
+adding an option does not retrain every run already made. Identical
 variants of different sections (the `ec` baseline of sections 1 and 3-11) are therefore one run.
 ROOT/<scale>/runs/<key>/config.json holds the JSON that was hashed. ROOT is local or gs://... (every
 directory here is an etils.epath.Path).
@@ -19,6 +21,9 @@ from etils import epath
 
 KEY_DIGITS = 16
 
+# (section, field): the value under which runs keyed before the field existed compute the same thing.
+ADDED_FIELDS = {("objective", "masked_head"): 0.0}
+
 
 def canonical(config, dependency_key: str = "") -> dict:
     """The config as plain data without `seed`; with `dependency_key`, moe.upcycle_from names it."""
@@ -26,6 +31,9 @@ def canonical(config, dependency_key: str = "") -> dict:
     if "seed" not in data:
         raise ValueError(f"config: expected a top-level 'seed' field, got fields {sorted(data)}")
     del data["seed"]
+    for (section, field), unchanged in ADDED_FIELDS.items():
+        if data.get(section, {}).get(field, unchanged) == unchanged:
+            data.get(section, {}).pop(field, None)
     if dependency_key:
         data["moe"]["upcycle_from"] = f"run:{dependency_key}"
     return data

@@ -152,12 +152,13 @@ class Block(nn.Module):
 
 
 class Hidden(flax.struct.PyTreeNode):
-    """The model's output before its head (apply_fn with chunked_head and head_chunk > 0): the final
-    hidden states and the head's weights, so that a loss (objectives.common.ce_and_hits) can make the logits `chunk` positions at a
-    time and never hold [b, s, V] at once."""
+    """The model's output before its head (apply_fn with hidden=True): the final hidden states and the
+    head's weights, so that a loss (objectives.common) makes only the logits it needs -- `chunk`
+    positions at a time, never [b, s, V] at once (model.head_chunk), or only at the positions it scores
+    (objective.masked_head)."""
     x: jax.Array                                           # [b, s, d], compute dtype
     head: jax.Array                                        # [d, V], parameter dtype
-    chunk: int = flax.struct.field(pytree_node=False)      # positions per chunk (divides s)
+    chunk: int = flax.struct.field(pytree_node=False)      # positions per chunk (divides s); 0 = all at once
 
 
 def head_logits(x, head):
@@ -228,22 +229,19 @@ def unstacked(params: dict, scan_from: int) -> dict:
     return out
 
 
-def apply_fn(model: nn.Module, chunked_head: bool = False):
-    """(params, tokens, valid) -> (logits, aux); with chunked_head and model.cfg.head_chunk > 0,
-    (Hidden, aux) instead of logits: the training loss then makes the logits a
-    chunk of positions at a time (config.model.head_chunk).
+def apply_fn(model: nn.Module, hidden: bool = False):
+    """(params, tokens, valid) -> (logits, aux); with hidden, (Hidden, aux) instead of logits: the
+    training loss then makes the logits itself (Hidden.chunk = config.model.head_chunk).
 
     The one place that reads what models/moe.py sows: aux["aux_loss"] is the sum of the MoE layers'
     weighted auxiliary losses (z-loss, load balance), the term every objective adds to its loss;
     aux["moe/<layer>/<stat>"] and aux["moe/<stat>"] (mean over MoE layers) are routing statistics.
     """
-    chunk = model.cfg.head_chunk if chunked_head else 0
-
     def apply(params, tokens, valid):
-        logits, sown = model.apply({"params": params}, tokens, valid, chunk > 0,
+        logits, sown = model.apply({"params": params}, tokens, valid, hidden,
                                    mutable=["moe_stats", "moe_losses"])
-        if chunk:
-            logits = Hidden(x=logits, head=params["head"], chunk=chunk)
+        if hidden:
+            logits = Hidden(x=logits, head=params["head"], chunk=model.cfg.head_chunk)
         aux = {}
         losses = jax.tree.leaves(sown.get("moe_losses", {}))    # scanned layers: stacked [layers]
         if losses:

@@ -21,7 +21,7 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
     del mask_id
     valid = common.random_length_valid(rng, tokens.shape, cfg.random_length_prob,
                                        cfg.random_length_buckets)
-    out, aux = apply_fn(params, tokens, valid)      # logits, or common.Hidden (model.head_chunk)
+    out, aux = apply_fn(params, tokens, valid)      # logits, or common.Hidden (the loss makes the logits)
     # every position scored against the next token (the last one's target wraps and is dropped), so
     # the chunked head sees whole chunks
     ce, hits = common.ce_and_hits(out, jnp.roll(tokens, -1, axis=1))

@@ -1,5 +1,8 @@
 """Pieces both objectives share: cross-entropy (from logits, or from the final hidden states and the
-head a chunk of positions at a time) and the random-length padding mask."""
+head a chunk of positions at a time, or only at the positions a loss scores) and the random-length
+padding mask."""
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -29,6 +32,9 @@ def ce_and_hits(out, targets):
     rematerialised loop (lax.map), so forward and backward hold [b, chunk, V] float32, not [b, s, V]."""
     if not isinstance(out, Hidden):
         return cross_entropy(out, targets), is_argmax(out, targets)
+    if not out.chunk:
+        logits = head_logits(out.x, out.head)
+        return cross_entropy(logits, targets), is_argmax(logits, targets)
     b, s, d = out.x.shape
     n, c = s // out.chunk, out.chunk
     to_chunks = lambda a: jnp.moveaxis(a.reshape(b, n, c, *a.shape[2:]), 1, 0)     # [n, b, c, ...]
@@ -41,6 +47,42 @@ def ce_and_hits(out, targets):
 
     ce, hits = jax.lax.map(lambda xt: chunk(*xt), (to_chunks(out.x), to_chunks(targets)))
     return from_chunks(ce), from_chunks(hits)
+
+
+def masked_head_slots(batch: int, seq: int, fraction: float, chunk: int) -> int:
+    """K, the positions `masked_ce_and_hits` makes logits for: fraction x batch x seq, rounded up to a
+    whole number of head chunks (chunk > 0), at most batch x seq."""
+    k = max(1, math.ceil(fraction * batch * seq))
+    if chunk:
+        k = math.ceil(k / chunk) * chunk
+    return min(k, batch * seq)
+
+
+def masked_ce_and_hits(out: Hidden, targets, scored, fraction: float):
+    """ce_and_hits with the head applied only where `scored` [b, s] bool: the scored positions' hidden
+    states are gathered into K = masked_head_slots(...) rows and their logits made there (in chunks of
+    out.chunk rows), so the head costs K / (b s) of the full one. A batch with more than K scored
+    positions takes ce_and_hits at every position instead (lax.cond: one branch runs), so the values are
+    exact whatever the count. Returns CE [b, s] float32 and hits [b, s] bool, exact at the scored
+    positions, 0 / False elsewhere."""
+    b, s, d = out.x.shape
+    k = masked_head_slots(b, s, fraction, out.chunk)
+    flat = scored.reshape(-1)
+
+    def gathered(x, head):
+        (idx,) = jnp.nonzero(flat, size=k, fill_value=0)                   # [K], the scored positions first
+        used = jnp.arange(k) < flat.sum()
+        ce, hits = ce_and_hits(Hidden(x=x.reshape(-1, d)[idx][None], head=head, chunk=out.chunk),
+                               targets.reshape(-1)[idx][None])
+        ce = jnp.zeros(b * s, jnp.float32).at[idx].add(jnp.where(used, ce[0], 0.0))
+        hits = jnp.zeros(b * s, bool).at[idx].max(used & hits[0])
+        return ce.reshape(b, s), hits.reshape(b, s)
+
+    def everywhere(x, head):
+        ce, hits = ce_and_hits(Hidden(x=x, head=head, chunk=out.chunk), targets)
+        return jnp.where(scored, ce, 0.0), hits & scored
+
+    return jax.lax.cond(flat.sum() <= k, gathered, everywhere, out.x, out.head)
 
 
 def random_length_valid(rng, shape, prob: float, buckets):

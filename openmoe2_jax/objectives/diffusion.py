@@ -62,10 +62,13 @@ def loss(apply_fn, params, tokens, rng, cfg, mask_id: int):
                                        cfg.random_length_buckets)
     t = sample_t(r_t, tokens.shape[0], cfg.t_eps, cfg.low_discrepancy)
     noisy, masked = corrupt(r_mask, tokens, t, valid, mask_id)
-    out, aux = apply_fn(params, noisy, valid)       # logits, or common.Hidden (model.head_chunk)
+    out, aux = apply_fn(params, noisy, valid)       # logits, or common.Hidden (the loss makes the logits)
     ratio = masked.sum(axis=1) / jnp.maximum(valid.sum(axis=1), 1)
     weight = t if cfg.weight == "t" else ratio
-    ce, hits = common.ce_and_hits(out, tokens)
+    if cfg.masked_head and isinstance(out, common.Hidden):
+        ce, hits = common.masked_ce_and_hits(out, tokens, masked, cfg.masked_head)
+    else:
+        ce, hits = common.ce_and_hits(out, tokens)
     value = masked_mean(ce, masked, weight, valid)
     correct = hits & masked
     metrics = dict(
