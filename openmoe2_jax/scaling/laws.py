@@ -14,7 +14,7 @@ in nats/token.
     initialisations, keeping the best.
 (c) Data-constrained: repeated tokens are worth less. With R = D / U - 1 repetitions of U unique tokens,
     the effective data is D' = U + U R* (1 - exp(-R / R*)) (D' = D for D <= U); L = E + A/N^alpha + B/D'^beta,
-    all six coefficients fitted jointly the same way to single-pass and repeated runs, starting from (b).
+    all six coefficients fitted jointly the same way to single-pass and repeated runs.
 Confidence intervals: the bootstrap over runs (resampled with replacement, refitted), 2.5 and 97.5
 percentiles.
 """
@@ -134,17 +134,24 @@ GRID = dict(a=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0), b=(0.0, 5.0, 10.0, 15.0, 20.0,
             e=(-1.0, -0.5, 0.0, 0.5, 1.0), alpha=(0.0, 0.5, 1.0, 1.5, 2.0), beta=(0.0, 0.5, 1.0, 1.5, 2.0))
 
 
+TINY = 1e-300  # the smallest coefficient a refit starts from
+
 SCREEN = 8  # of a larger set of initialisations, L-BFGS starts from the SCREEN with the lowest objective
 
 
-def _minimise(objective, inits) -> np.ndarray:
+# (a, b, e, alpha, beta[, ln R*]): the exponents are kept >= 0 (a loss that falls with N and D); with
+# few runs an unbounded fit trades a negative exponent against a vanishing coefficient.
+BOUNDS = [(None, None)] * 3 + [(0.0, None)] * 2
+
+
+def _minimise(objective, inits, bounds) -> np.ndarray:
     inits = [np.asarray(t, float) for t in inits]
     if len(inits) > SCREEN:
         inits = sorted(inits, key=objective)[:SCREEN]
     best = None
     for theta0 in inits:
         # The Huber values are ~1e-6: L-BFGS's default tolerances would stop at the first step.
-        res = optimize.minimize(objective, theta0, method="L-BFGS-B",
+        res = optimize.minimize(objective, theta0, method="L-BFGS-B", bounds=bounds,
                                 options=dict(gtol=1e-14, ftol=1e-16, maxiter=20_000, maxfun=100_000))
         if best is None or res.fun < best.fun:
             best = res
@@ -158,7 +165,8 @@ def _as_law(theta) -> dict:
 
 def law_theta(law: dict) -> tuple:
     """The optimiser's parameters (a, b, e, alpha, beta) of a law (to start a refit from it)."""
-    return (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
+    log = lambda v: math.log(max(v, TINY))  # a coefficient the fit drove to 0 (exp underflowed)
+    return (log(law["A"]), log(law["B"]), log(law["E"]), law["alpha"], law["beta"])
 
 
 def parametric_fit(n, d, loss, inits=None) -> dict:
@@ -171,7 +179,7 @@ def parametric_fit(n, d, loss, inits=None) -> dict:
                        "counts; the parametric fit needs at least 5 runs, 2 sizes and 2 token counts")
     args = (np.log(n), np.log(d), np.log(loss))
     inits = inits if inits is not None else itertools.product(*GRID.values())
-    return _as_law(_minimise(lambda t: _objective(t, *args), inits))
+    return _as_law(_minimise(lambda t: _objective(t, *args), inits, BOUNDS))
 
 
 def predict(law: dict, n, d):
@@ -191,20 +199,20 @@ def effective_data(d, u, r_star: float):
 
 def _log_pred_constrained(theta, log_n, d, u):
     """theta = (a, b, e, alpha, beta, ln R*): ln L_pred with D replaced by the effective data D'."""
-    log_d = np.log(effective_data(d, u, math.exp(np.clip(theta[5], *LOG_R_STAR_RANGE))))
+    log_d = np.log(effective_data(d, u, math.exp(theta[5])))
     return _log_pred(theta[:5], log_n, log_d)
 
 
 R_STAR_INITS = (0.5, 2.0, 5.0, 15.0, 50.0, 200.0)
-LOG_R_STAR_RANGE = (math.log(1e-2), math.log(1e6))  # R* is read within [0.01, 1e6]
+LOG_R_STAR_RANGE = (math.log(1e-2), math.log(1e6))  # R* is fitted within [0.01, 1e6]
 
 
 def data_constrained_fit(law: dict, n, d, u, loss) -> dict:
     """(c): the law with repeated data, {E, A, alpha, B, beta, R_star} of L = E + A/N^alpha + B/D'^beta,
     fitted jointly (the same Huber objective) to runs (n, d, u, loss) [runs] -- single-pass runs
-    (D <= U, where D' = D) and at least 2 repeated ones (D > U) -- from `law` (the single-pass fit (b),
-    or None: the GRID) crossed with R_STAR_INITS, or from `law` alone when it has an R_star (a refit:
-    the bootstrap). Fitting every coefficient, not only R*, lets runs that repeated their data inform
+    (D <= U, where D' = D) and at least 2 repeated ones (D > U) -- from the GRID and `law` (the
+    single-pass fit (b), or None) crossed with R_STAR_INITS, or from `law` alone when it has an R_star
+    (a refit: the bootstrap). Fitting every coefficient, not only R*, lets runs that repeated their data inform
     the exponents when few runs saw it only once."""
     n, d, u, loss = (np.asarray(v, float) for v in (n, d, u, loss))
     if int(np.sum(d > u)) < 2:
@@ -220,11 +228,11 @@ def data_constrained_fit(law: dict, n, d, u, loss) -> dict:
 
     if law is not None and "R_star" in law:  # a refit (the bootstrap): from the fitted law only
         inits = [(*law_theta(law), math.log(law["R_star"]))]
-    else:
-        starts = [law_theta(law)] if law is not None else list(itertools.product(*GRID.values()))
+    else:  # the GRID (and (b)'s law) crossed with R_STAR_INITS, screened by the objective
+        starts = list(itertools.product(*GRID.values())) + ([law_theta(law)] if law is not None else [])
         inits = [(*t, math.log(r)) for t in starts for r in R_STAR_INITS]
-    best = _minimise(objective, inits)
-    return dict(_as_law(best[:5]), R_star=math.exp(float(np.clip(best[5], *LOG_R_STAR_RANGE))))
+    best = _minimise(objective, inits, BOUNDS + [LOG_R_STAR_RANGE])
+    return dict(_as_law(best[:5]), R_star=math.exp(float(best[5])))
 
 
 # ----- bootstrap -------------------------------------------------------------------------------------
