@@ -169,8 +169,10 @@ def test_sweep_then_fit_then_plan(tmp_path, monkeypatch):
     outgrown = [p for p in out["points"] if p["unique_tokens"] == CORPUS and p["d"] > CORPUS]
     assert outgrown and all(p["epochs"] == pytest.approx(p["d"] / CORPUS) for p in outgrown)
     assert len(out["points"]) == diffusion_runs
-    for name in ("fit.json", "isoflop.png", "data_constrained.png"):
+    for name in ("fit.json", "fit.md", "isoflop.png", "data_constrained.png"):
         assert os.path.exists(os.path.join(scaling.sweep_dir(root, "smoke", "diffusion", "dense"), name))
+    table = open(os.path.join(scaling.sweep_dir(root, "smoke", "diffusion", "dense"), "fit.md")).read()
+    assert f"{out['points'][0]['loss']:.3f}" in table and "N_opt = " in table and "R* = " in table
     scaling.fit(scaling.sweep_dir(root, "smoke", "ar", "dense"), samples=10, log=lambda *a: None)
     text = scaling.plan(root, "smoke", "dense", 1e15, 1e6)
     assert "| diffusion |" in text and "| ar |" in text

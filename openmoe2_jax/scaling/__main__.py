@@ -145,8 +145,8 @@ def fit(directory: epath.PathLike, samples: int = 200, log=print) -> dict:
     keys = ("E", "A", "alpha", "B", "beta")
     out = dict(scale=data["scale"], objective=data["objective"], ffn=data["ffn"], law_n=data["law_n"],
                runs=len(rows), isoflop=iso, tokens_per_parameter=_tokens_per_parameter(iso),
-               points=[{k: r[k] for k in ("name", "budget", "n", "total_params", "d", "unique_tokens", "epochs",
-                                          "loss", "seeds")} for r in rows])
+               points=[{k: r[k] for k in ("name", "budget", "n", "total_params", "d", "unique_tokens",
+                                          "max_train_tokens", "epochs", "loss", "seeds")} for r in rows])
     law = None
     try:
         law = parametric(fresh)
@@ -161,8 +161,55 @@ def fit(directory: epath.PathLike, samples: int = 200, log=print) -> dict:
         out["data_constrained"] = dict(joint, intervals=laws.intervals(boot_c, (*keys, "R_star")))
     directory = epath.Path(directory)
     (directory / "fit.json").write_text(json.dumps(out, indent=2))
+    (directory / "fit.md").write_text(report(out))
     _plot(directory, out, ladder_runs, repeated)
     return out
+
+
+def _law_line(law: dict) -> str:
+    """'E + A / N^alpha + B / D^beta' with each coefficient's bootstrap interval."""
+    ci = law.get("intervals", {})
+    num = lambda k: f"{law[k]:.4g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
+    line = f"L = {num('E')} + {num('A')} / N^{num('alpha')} + {num('B')} / D^{num('beta')}"
+    return line + (f", R* = {num('R_star')}" if "R_star" in law else "")
+
+
+def report(out: dict) -> str:
+    """fit.md: the ladder runs' final losses by budget and size (not those limited to --unique_tokens),
+    the IsoFLOP minima, the laws (95% intervals)."""
+    points = out["points"]
+    sizes = sorted({p["n"] for p in points})
+    budgets = sorted({p["budget"] for p in points})
+    lines = [f"# Scaling fit: {out['objective']} {out['ffn']} ({out['scale']})", "",
+             f"Final validation loss (nats/token) of each run, by FLOP budget C and N ({out['law_n']}); "
+             "(epochs) where a run repeated its data.", "",
+             "| C | " + " | ".join(f"N {n:,}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for c in budgets:
+        cells = []
+        for n in sizes:
+            run = [p for p in points if p["budget"] == c and p["n"] == n and not p.get("max_train_tokens")]
+            cells.append(" ".join(f"{p['loss']:.3f}" + (f" ({p['epochs']:.1f})" if p["epochs"] > 1 else "")
+                                  for p in run))
+        lines.append(f"| {c:.0e} | " + " | ".join(cells) + " |")
+    iso = out["isoflop"]
+    lines += ["", "## (a) IsoFLOP minima", ""]
+    if "error" in iso:
+        lines.append(f"No power law: {iso['error']}")
+    else:
+        lines += ["| C | N_opt | D_opt | D_opt / N_opt | loss at N_opt |", "|---|---|---|---|---|"]
+        lines += [f"| {m['budget']:.0e} | {m['n_opt']:,.0f} | {m['d_opt']:,.0f} | {m['d_opt'] / m['n_opt']:.1f} | "
+                  f"{m['loss_opt']:.3f} |" for m in iso["minima"]]
+        lines += [f"| {r['budget']:.0e} | refused: {r['reason']} | | | |" for r in iso.get("refused", [])]
+        ci = iso["intervals"]
+        lines += ["", f"N_opt = {iso['n_opt']['k']:.3g} C^{iso['n_opt']['exponent']:.3f} "
+                  f"[{ci['n_opt_exponent'][0]:.3f}, {ci['n_opt_exponent'][1]:.3f}], "
+                  f"D_opt = {iso['d_opt']['k']:.3g} C^{iso['d_opt']['exponent']:.3f} "
+                  f"[{ci['d_opt_exponent'][0]:.3f}, {ci['d_opt_exponent'][1]:.3f}]"]
+    lines += ["", "## (b) single-pass law", "",
+              out["parametric"].get("error") or _law_line(out["parametric"])]
+    if "data_constrained" in out:
+        lines += ["", "## (c) data-constrained law (every run, D -> D')", "", _law_line(out["data_constrained"])]
+    return "\n".join(lines) + "\n"
 
 
 def _tokens_per_parameter(iso: dict) -> list[dict]:
