@@ -83,7 +83,8 @@ def get_config(arg=None):
         low_discrepancy=False,     # t_i = (u + i/B) mod 1 across the batch
         # diffusion: the training loss makes the head's logits only at the masked positions, gathered
         # into this fraction of the batch's positions (a batch with more masked positions makes them
-        # everywhere: the loss is exact either way); 0 = logits at every position
+        # everywhere: the loss is exact either way); 0 = logits at every position. AR scores every
+        # position and ignores it.
         masked_head=0.0,
         random_length_prob=0.01,   # probability a batch is cut to a random bucket length
         random_length_buckets=(1024, 2048, 3072),

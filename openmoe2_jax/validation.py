@@ -233,10 +233,6 @@ def validate(config, num_devices: int | None = None, num_processes: int = 1) -> 
     if m.scan_layers and m.ffn == "moe" and config.moe.upcycle_from:
         raise ConfigError("config.moe.upcycle_from with config.model.scan_layers = True: upcycling fills "
                           "unrolled layers; upcycle with scan_layers = False (the dense source may be scanned).")
-    if config.objective.masked_head and config.objective.kind != "diffusion":
-        raise ConfigError(f"config.objective.masked_head = {config.objective.masked_head} with "
-                          f"config.objective.kind = {config.objective.kind!r}: only the diffusion loss scores "
-                          "a subset of positions; set it to 0.")
     if m.head_chunk and config.data.seq_len % m.head_chunk:
         raise ConfigError(f"config.model.head_chunk = {m.head_chunk} does not divide config.data.seq_len = "
                           f"{config.data.seq_len}: the head's chunks must be whole; use a divisor or 0.")

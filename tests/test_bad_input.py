@@ -56,8 +56,6 @@ CONFIG_CASES = [
     (lambda c: c.moe.update(num_experts=5, top_k=2), "num_experts = 5 is not divisible by the mesh's expert"),
     (lambda c: c.moe.update(group_tokens=96), "group_tokens = 96 does not split"),
     (lambda c: c.model.update(head_chunk=7), "config.model.head_chunk = 7 does not divide config.data.seq_len = 32"),
-    (lambda c: (c.objective.update(kind="ar", masked_head=0.6), c.moe.update(routing="tc")),
-     "config.objective.masked_head = 0.6 with config.objective.kind = 'ar'"),
     (lambda c: c.objective.update(masked_head=1.5), "config.objective.masked_head"),
     (lambda c: c.model.update(attention_impl="flash"), "config.model.attention_impl"),
     (lambda c: (c.model.update(attention_impl="splash_interpret", num_heads=2, num_kv_heads=2),
