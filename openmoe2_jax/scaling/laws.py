@@ -140,8 +140,9 @@ SCREEN = 8  # of a larger set of initialisations, L-BFGS starts from the SCREEN 
 
 
 # (a, b, e, alpha, beta[, ln R*]): the exponents are kept >= 0 (a loss that falls with N and D); with
-# few runs an unbounded fit trades a negative exponent against a vanishing coefficient.
-BOUNDS = [(None, None)] * 3 + [(0.0, None)] * 2
+# few runs an unbounded fit trades a negative exponent against a vanishing coefficient. The log
+# coefficients stay where exp() is a float (a run-away fit overflowed it).
+BOUNDS = [(-50.0, 500.0)] * 2 + [(-50.0, 10.0)] + [(0.0, None)] * 2
 
 
 def _minimise(objective, inits, bounds) -> np.ndarray:
