@@ -67,22 +67,21 @@ def masked_ce_and_hits(out: Hidden, targets, scored, fraction: float):
     positions, 0 / False elsewhere."""
     b, s, d = out.x.shape
     k = masked_head_slots(b, s, fraction, out.chunk)
-    flat = scored.reshape(-1)
+    flat, count = scored.reshape(-1), scored.sum()
 
-    def gathered(x, head):
+    def gathered(out):
         (idx,) = jnp.nonzero(flat, size=k, fill_value=0)                   # [K], the scored positions first
-        used = jnp.arange(k) < flat.sum()
-        ce, hits = ce_and_hits(Hidden(x=x.reshape(-1, d)[idx][None], head=head, chunk=out.chunk),
-                               targets.reshape(-1)[idx][None])
+        used = jnp.arange(k) < count
+        ce, hits = ce_and_hits(out.replace(x=out.x.reshape(-1, d)[idx][None]), targets.reshape(-1)[idx][None])
         ce = jnp.zeros(b * s, jnp.float32).at[idx].add(jnp.where(used, ce[0], 0.0))
         hits = jnp.zeros(b * s, bool).at[idx].max(used & hits[0])
         return ce.reshape(b, s), hits.reshape(b, s)
 
-    def everywhere(x, head):
-        ce, hits = ce_and_hits(Hidden(x=x, head=head, chunk=out.chunk), targets)
+    def everywhere(out):
+        ce, hits = ce_and_hits(out, targets)
         return jnp.where(scored, ce, 0.0), hits & scored
 
-    return jax.lax.cond(flat.sum() <= k, gathered, everywhere, out.x, out.head)
+    return jax.lax.cond(count <= k, gathered, everywhere, out)
 
 
 def random_length_valid(rng, shape, prob: float, buckets):

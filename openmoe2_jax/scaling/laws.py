@@ -134,14 +134,13 @@ GRID = dict(a=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0), b=(0.0, 5.0, 10.0, 15.0, 20.0,
             e=(-1.0, -0.5, 0.0, 0.5, 1.0), alpha=(0.0, 0.5, 1.0, 1.5, 2.0), beta=(0.0, 0.5, 1.0, 1.5, 2.0))
 
 
-TINY = 1e-300  # the smallest coefficient a refit starts from
-
 SCREEN = 8  # of a larger set of initialisations, L-BFGS starts from the SCREEN with the lowest objective
 
 
 # (a, b, e, alpha, beta[, ln R*]): the exponents are kept >= 0 (a loss that falls with N and D); with
 # few runs an unbounded fit trades a negative exponent against a vanishing coefficient. The log
-# coefficients stay where exp() is a float (a run-away fit overflowed it).
+# coefficients stay where exp() is a positive float (a run-away fit overflowed it, another underflowed
+# E to 0, whose log a refit could not start from).
 BOUNDS = [(-50.0, 500.0)] * 2 + [(-50.0, 10.0)] + [(0.0, None)] * 2
 
 
@@ -166,8 +165,7 @@ def _as_law(theta) -> dict:
 
 def law_theta(law: dict) -> tuple:
     """The optimiser's parameters (a, b, e, alpha, beta) of a law (to start a refit from it)."""
-    log = lambda v: math.log(max(v, TINY))  # a coefficient the fit drove to 0 (exp underflowed)
-    return (log(law["A"]), log(law["B"]), log(law["E"]), law["alpha"], law["beta"])
+    return (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
 
 
 def parametric_fit(n, d, loss, inits=None) -> dict:

@@ -12,7 +12,7 @@ from openmoe2_jax.runtime.state import TrainState
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective_cfg, mask_id):
-    hidden = model.cfg.head_chunk > 0 or (objective_cfg.kind == "diffusion" and objective_cfg.masked_head > 0)
+    hidden = model.cfg.head_chunk > 0 or objective_cfg.masked_head > 0   # the loss makes the logits
     loss_fn = functools.partial(objectives.loss_fn(objective_cfg.kind), apply_fn(model, hidden=hidden),
                                 cfg=objective_cfg, mask_id=mask_id)
     rng = jax.random.fold_in(state.rng, state.step)
